@@ -1,0 +1,400 @@
+//! Control-plane operations (`kinesisvideo`): CreateStream, DescribeStream, ListStreams,
+//! UpdateStream, DeleteStream, UpdateDataRetention, TagStream, UntagStream,
+//! ListTagsForStream, GetDataEndpoint. Each is `POST /<lowerCamelName>` with a JSON body;
+//! validation happens here and in `model`, business rules in `streams::Catalog`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::json::KvsJson;
+use crate::clock::epoch_secs_json;
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::{StreamRecord, StreamUpdate};
+use crate::model::{self, MAX_RETENTION_HOURS, MAX_TAGS};
+use crate::streams::CreateStream;
+
+/// Routes of this family.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/createStream", post(create_stream))
+        .route("/describeStream", post(describe_stream))
+        .route("/listStreams", post(list_streams))
+        .route("/updateStream", post(update_stream))
+        .route("/deleteStream", post(delete_stream))
+        .route("/updateDataRetention", post(update_data_retention))
+        .route("/tagStream", post(tag_stream))
+        .route("/untagStream", post(untag_stream))
+        .route("/listTagsForStream", post(list_tags_for_stream))
+        .route("/getDataEndpoint", post(get_data_endpoint))
+}
+
+/// Every `APIName` GetDataEndpoint accepts.
+pub const API_NAMES: [&str; 8] = [
+    "PUT_MEDIA",
+    "GET_MEDIA",
+    "LIST_FRAGMENTS",
+    "GET_MEDIA_FOR_FRAGMENT_LIST",
+    "GET_HLS_STREAMING_SESSION_URL",
+    "GET_DASH_STREAMING_SESSION_URL",
+    "GET_CLIP",
+    "GET_IMAGES",
+];
+
+fn stream_info(state: &AppState, s: &StreamRecord) -> Value {
+    let mut v = json!({
+        "StreamName": s.name.as_str(),
+        "StreamARN": state.catalog.arn(s),
+        "KmsKeyId": s.kms_key_id,
+        "Version": s.version,
+        "Status": s.status.as_str(),
+        "CreationTime": epoch_secs_json(s.creation_ms),
+        "DataRetentionInHours": s.retention_hours,
+    });
+    if let Some(d) = &s.device_name {
+        v["DeviceName"] = json!(d);
+    }
+    if let Some(m) = &s.media_type {
+        v["MediaType"] = json!(m);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateStreamInput {
+    stream_name: Option<String>,
+    device_name: Option<String>,
+    media_type: Option<String>,
+    kms_key_id: Option<String>,
+    data_retention_in_hours: Option<i64>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+async fn create_stream(State(state): State<AppState>, KvsJson(i): KvsJson<CreateStreamInput>) -> Result<Json<Value>> {
+    let name = i.stream_name.ok_or_else(|| Error::invalid("StreamName is required"))?;
+    let s = state
+        .catalog
+        .create(CreateStream {
+            name,
+            device_name: i.device_name,
+            media_type: i.media_type,
+            kms_key_id: i.kms_key_id,
+            retention_hours: i.data_retention_in_hours,
+            tags: i.tags,
+        })
+        .await?;
+    tracing::info!(stream = %s.name, retention_hours = s.retention_hours, "stream created");
+    Ok(Json(json!({ "StreamARN": state.catalog.arn(&s) })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StreamRef {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+}
+
+async fn describe_stream(State(state): State<AppState>, KvsJson(i): KvsJson<StreamRef>) -> Result<Json<Value>> {
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .await?;
+    Ok(Json(json!({ "StreamInfo": stream_info(&state, &s) })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StreamNameCondition {
+    comparison_operator: Option<String>,
+    comparison_value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListStreamsInput {
+    max_results: Option<i64>,
+    next_token: Option<String>,
+    stream_name_condition: Option<StreamNameCondition>,
+}
+
+fn encode_token(last: &str) -> String {
+    B64.encode(last.as_bytes())
+}
+
+fn decode_token(token: &str) -> Result<String> {
+    let bad = || Error::invalid("NextToken is not a token this server issued");
+    if token.len() > 1024 {
+        return Err(bad());
+    }
+    let raw = B64.decode(token).map_err(|_| bad())?;
+    String::from_utf8(raw).map_err(|_| bad())
+}
+
+async fn list_streams(State(state): State<AppState>, KvsJson(i): KvsJson<ListStreamsInput>) -> Result<Json<Value>> {
+    let limit = i.max_results.unwrap_or(10_000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(Error::invalid(format!("MaxResults must be between 1 and 10000: value={limit}")));
+    }
+    let prefix = match i.stream_name_condition {
+        Some(c) => {
+            match c.comparison_operator.as_deref() {
+                None | Some("BEGINS_WITH") => {}
+                Some(o) => {
+                    return Err(Error::invalid(format!(
+                        "ComparisonOperator must be BEGINS_WITH: value={o}"
+                    )));
+                }
+            }
+            match c.comparison_value {
+                Some(v) => {
+                    model::check_name("ComparisonValue", &v, 256)?;
+                    Some(v)
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    let after = i.next_token.as_deref().filter(|t| !t.is_empty()).map(decode_token).transpose()?;
+    let limit = limit as usize;
+    let mut page = state
+        .catalog
+        .index()
+        .list_streams(prefix.as_deref(), after.as_deref(), limit + 1)
+        .await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let list: Vec<Value> = page.iter().map(|s| stream_info(&state, s)).collect();
+    let mut out = json!({ "StreamInfoList": list });
+    if more && let Some(last) = page.last() {
+        out["NextToken"] = json!(encode_token(last.name.as_str()));
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateStreamInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    current_version: Option<String>,
+    device_name: Option<String>,
+    media_type: Option<String>,
+}
+
+fn required_version(v: Option<String>) -> Result<String> {
+    v.ok_or_else(|| Error::invalid("CurrentVersion is required"))
+}
+
+async fn update_stream(State(state): State<AppState>, KvsJson(i): KvsJson<UpdateStreamInput>) -> Result<Json<Value>> {
+    let version = required_version(i.current_version)?;
+    if let Some(d) = &i.device_name {
+        model::check_name("DeviceName", d, 128)?;
+    }
+    if let Some(m) = &i.media_type {
+        model::check_media_type(m)?;
+    }
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .await?;
+    let update = StreamUpdate::Metadata {
+        device_name: i.device_name,
+        media_type: i.media_type,
+    };
+    state.catalog.update(&s, Some(&version), update).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteStreamInput {
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    current_version: Option<String>,
+}
+
+async fn delete_stream(State(state): State<AppState>, KvsJson(i): KvsJson<DeleteStreamInput>) -> Result<Json<Value>> {
+    let arn = i.stream_arn.ok_or_else(|| Error::invalid("StreamARN is required"))?;
+    let s = state.catalog.resolve(None, Some(&arn), ErrorKind::InvalidArgument).await?;
+    state.catalog.delete(&s, i.current_version.as_deref()).await?;
+    state.gc_wake.notify_one();
+    tracing::info!(stream = %s.name, "stream deleted");
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateDataRetentionInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    current_version: Option<String>,
+    operation: Option<String>,
+    data_retention_change_in_hours: Option<i64>,
+}
+
+async fn update_data_retention(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<UpdateDataRetentionInput>,
+) -> Result<Json<Value>> {
+    let version = required_version(i.current_version)?;
+    let sign = match i.operation.as_deref() {
+        Some("INCREASE_DATA_RETENTION") => 1,
+        Some("DECREASE_DATA_RETENTION") => -1,
+        Some(o) => {
+            return Err(Error::invalid(format!(
+                "Operation must be INCREASE_DATA_RETENTION or DECREASE_DATA_RETENTION: value={o}"
+            )));
+        }
+        None => return Err(Error::invalid("Operation is required")),
+    };
+    let change = i
+        .data_retention_change_in_hours
+        .ok_or_else(|| Error::invalid("DataRetentionChangeInHours is required"))?;
+    if change < 1 {
+        return Err(Error::invalid(format!(
+            "DataRetentionChangeInHours must be at least 1: value={change}"
+        )));
+    }
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .await?;
+    let hours = s.retention_hours.saturating_add(sign * change);
+    if !(0..=MAX_RETENTION_HOURS).contains(&hours) {
+        return Err(Error::invalid(format!(
+            "resulting retention must be between 0 and {MAX_RETENTION_HOURS} hours: current={} change={}{change}",
+            s.retention_hours,
+            if sign > 0 { "+" } else { "-" }
+        )));
+    }
+    state
+        .catalog
+        .update(&s, Some(&version), StreamUpdate::Retention { hours })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagStreamInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+async fn tag_stream(State(state): State<AppState>, KvsJson(i): KvsJson<TagStreamInput>) -> Result<Json<Value>> {
+    let tags = i.tags.ok_or_else(|| Error::invalid("Tags is required"))?;
+    model::check_tags(&tags)?;
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .await?;
+    let after = s.tags.keys().chain(tags.keys()).collect::<std::collections::BTreeSet<_>>().len();
+    if after > MAX_TAGS {
+        return Err(Error::new(
+            ErrorKind::TagsPerResourceExceededLimit,
+            format!("a stream can have at most {MAX_TAGS} tags: current={} after={after}", s.tags.len()),
+        ));
+    }
+    let update = StreamUpdate::Tags {
+        set: tags,
+        remove: vec![],
+    };
+    state.catalog.update(&s, None, update).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UntagStreamInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    tag_key_list: Option<Vec<String>>,
+}
+
+async fn untag_stream(State(state): State<AppState>, KvsJson(i): KvsJson<UntagStreamInput>) -> Result<Json<Value>> {
+    let keys = i.tag_key_list.ok_or_else(|| Error::invalid("TagKeyList is required"))?;
+    if keys.is_empty() || keys.len() > MAX_TAGS {
+        return Err(Error::invalid(format!(
+            "TagKeyList must hold 1 to {MAX_TAGS} keys: count={}",
+            keys.len()
+        )));
+    }
+    for k in &keys {
+        model::check_tag_key(k)?;
+    }
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .await?;
+    let update = StreamUpdate::Tags {
+        set: BTreeMap::new(),
+        remove: keys,
+    };
+    state.catalog.update(&s, None, update).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTagsInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    next_token: Option<String>,
+}
+
+async fn list_tags_for_stream(State(state): State<AppState>, KvsJson(i): KvsJson<ListTagsInput>) -> Result<Json<Value>> {
+    let s = state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .await?;
+    // At most 50 tags exist, so one page always holds them all; a token from an
+    // earlier page resumes after its key.
+    let after = i.next_token.as_deref().filter(|t| !t.is_empty()).map(decode_token).transpose()?;
+    let tags: BTreeMap<_, _> = s
+        .tags
+        .into_iter()
+        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
+        .collect();
+    Ok(Json(json!({ "Tags": tags })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetDataEndpointInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    #[serde(rename = "APIName")]
+    api_name: Option<String>,
+}
+
+async fn get_data_endpoint(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<GetDataEndpointInput>,
+) -> Result<Json<Value>> {
+    let api = i.api_name.ok_or_else(|| Error::invalid("APIName is required"))?;
+    if !API_NAMES.contains(&api.as_str()) {
+        return Err(Error::invalid(format!("APIName must be one of {}: value={api}", API_NAMES.join(", "))));
+    }
+    state
+        .catalog
+        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .await?;
+    Ok(Json(json!({ "DataEndpoint": &*state.public_url })))
+}

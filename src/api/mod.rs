@@ -1,0 +1,123 @@
+//! The HTTP API: one router per API family, merged here, with the middleware every
+//! response passes through (request id, metrics, one log line per failed request) and a
+//! JSON fallback for unknown paths.
+
+pub mod control;
+pub mod error;
+pub mod json;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind};
+use crate::streams::Catalog;
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    /// Base URL returned by GetDataEndpoint (`public_url` or `http://<bound addr>`).
+    pub public_url: Arc<str>,
+    pub catalog: Catalog,
+    pub metrics: PrometheusHandle,
+    /// Wakes the garbage sweeper (after DeleteStream).
+    pub gc_wake: Arc<Notify>,
+}
+
+/// AWS operations of the three KVS services (and signaling/edge operations of the
+/// control plane) that this server does not implement: answered with
+/// `NotImplementedException` rather than "unknown operation".
+const NOT_IMPLEMENTED: &[&str] = &[
+    "/createSignalingChannel",
+    "/describeSignalingChannel",
+    "/listSignalingChannels",
+    "/updateSignalingChannel",
+    "/deleteSignalingChannel",
+    "/getSignalingChannelEndpoint",
+    "/TagResource",
+    "/UntagResource",
+    "/ListTagsForResource",
+    "/describeNotificationConfiguration",
+    "/updateNotificationConfiguration",
+    "/describeMediaStorageConfiguration",
+    "/updateMediaStorageConfiguration",
+    "/describeMappedResourceConfiguration",
+    "/startEdgeConfigurationUpdate",
+    "/describeEdgeConfiguration",
+    "/deleteEdgeConfiguration",
+    "/listEdgeAgentConfigurations",
+    "/describeStreamStorageConfiguration",
+    "/updateStreamStorageConfiguration",
+];
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(control::router())
+        .route("/metrics", get(render_metrics))
+        .fallback(fallback)
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn fallback(method: Method, uri: axum::http::Uri) -> Error {
+    let path = uri.path();
+    if NOT_IMPLEMENTED.contains(&path) {
+        return Error::new(
+            ErrorKind::NotImplemented,
+            format!("operation is not implemented by this server: path={path}"),
+        );
+    }
+    Error::new(
+        ErrorKind::UnknownOperation,
+        format!("no operation at this path: method={method} path={path}"),
+    )
+}
+
+/// Adds `x-amzn-RequestId`, records metrics, logs failed requests once.
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let op: String = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().trim_start_matches('/').to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    metrics::counter!(crate::metrics::REQUESTS, "operation" => op.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => op).record(started.elapsed().as_secs_f64());
+    if let Some(error::LoggedError(e)) = resp.extensions().get::<error::LoggedError>() {
+        if e.kind == ErrorKind::Internal {
+            tracing::error!(%request_id, %method, %path, status, error = %e.message, "request failed");
+        } else {
+            tracing::info!(%request_id, %method, %path, status, kind = ?e.kind, error = %e.message, "request rejected");
+        }
+    } else {
+        tracing::debug!(%request_id, %method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    resp
+}

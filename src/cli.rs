@@ -1,0 +1,179 @@
+//! The `streamvault` command line: `serve` (run the server) and `check` (verify a data
+//! dir). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
+//! (default `info`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Parser, Debug)]
+#[command(name = "streamvault", version, about = "Self-hosted, wire-compatible Kinesis Video Streams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded default: local disk + embedded index under --data-dir).
+    Serve(ServeArgs),
+    /// Verify index ↔ store invariants of a data dir (exit 1 on any violation).
+    Check(CheckArgs),
+}
+
+/// Options every command that reads settings takes.
+#[derive(Args, Debug)]
+struct Common {
+    /// TOML settings file (see docs/config.md).
+    #[arg(long, env = "STREAMVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (index, local objects, generated keys).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Also decrypt every fragment and compare its SHA-256 with the index.
+    #[arg(long)]
+    deep: bool,
+}
+
+fn load_settings(c: &Common) -> anyhow::Result<Settings> {
+    let mut s = Settings::load(c.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &c.data_dir {
+        s.data_dir = d.clone();
+    }
+    Ok(s)
+}
+
+fn init_logging() {
+    let filter = std::env::var("STREAMVAULT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Check(a) => check(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = load_settings(&a.common)?;
+    if let Some(l) = a.listen {
+        settings.listen = l;
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    crate::server::run(listener, settings, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(&a.common)?;
+    if !settings.index_path().exists() {
+        anyhow::bail!("no index at {}: is --data-dir right?", settings.index_path().display());
+    }
+    let default_path = settings
+        .data_dir
+        .join("keys")
+        .join(format!("{}.key", settings.keys.default_key_id));
+    let mut files = settings.keys.files.clone();
+    if !files.contains_key(&settings.keys.default_key_id) {
+        if !default_path.exists() {
+            anyhow::bail!("master key {} not found", default_path.display());
+        }
+        files.insert(settings.keys.default_key_id.clone(), default_path.clone());
+    }
+    let (keyring, _) = crate::store::Keyring::load(&settings.keys.default_key_id, &default_path, &files)?;
+    let objects = crate::store::object_store_from_settings(&settings)?;
+    let store = crate::store::FragmentStore::new(objects, Arc::new(keyring));
+    let index = crate::index::sqlite::SqliteIndex::open(&settings.index_path())?;
+    let report = crate::check::check(&index, &store, a.deep).await?;
+    println!(
+        "checked {} fragments ({} decrypted), {} objects listed, {} unreferenced objects awaiting sweep, {} garbage rows pending",
+        report.fragments_checked,
+        report.fragments_decrypted,
+        report.objects_listed,
+        report.unreferenced_objects.len(),
+        report.pending_garbage_rows
+    );
+    for p in &report.problems {
+        println!("PROBLEM: {p}");
+    }
+    if report.is_clean() {
+        println!("clean");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} problems", report.problems.len());
+        Ok(ExitCode::from(1))
+    }
+}

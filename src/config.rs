@@ -1,0 +1,414 @@
+//! Settings: plain data loaded from an optional TOML file, overlaid by `STREAMVAULT_*`
+//! environment variables, overlaid by command-line flags. Unknown keys are rejected at
+//! every level. Every field's default is documented here and in `docs/config.md`.
+//!
+//! Components (object store, index, clock) are not settings: `server::Server::builder`
+//! builds them from these settings or takes injected ones.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of the environment variables that overlay the file. Nested keys use `__`:
+/// `STREAMVAULT_STORE__BACKEND=s3` sets `store.backend`.
+pub const ENV_PREFIX: &str = "STREAMVAULT_";
+
+/// All settings of one server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory for the embedded index, the local object store and generated keys.
+    /// Default `./streamvault-data`.
+    pub data_dir: PathBuf,
+    /// Base URL returned by GetDataEndpoint and used in HLS/DASH session URLs, without a
+    /// trailing slash. Default: `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// Region written into stream ARNs. Default `us-east-1`.
+    pub region: String,
+    /// 12-digit account id written into stream ARNs. Default `000000000000`.
+    pub account_id: String,
+    /// Retention (hours) for CreateStream calls that omit `DataRetentionInHours`.
+    /// Default 24 (AWS uses 0). Must be 0 or 1…87600.
+    pub default_retention_hours: i64,
+    /// Most streams this server will hold; CreateStream beyond it answers
+    /// `AccountStreamLimitExceededException`. Default 100000.
+    pub max_streams: u64,
+    /// Largest JSON request body accepted by the JSON APIs. Default 1 MiB.
+    pub max_json_body_bytes: usize,
+    /// Where fragments are stored.
+    pub store: StoreSettings,
+    /// Master keys that wrap the per-stream data keys.
+    pub keys: KeySettings,
+    /// PutMedia ingest limits.
+    pub ingest: IngestSettings,
+    /// Background deletion (DeleteStream sweeps, orphan clean-up).
+    pub gc: GcSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default"),
+            data_dir: PathBuf::from("./streamvault-data"),
+            public_url: None,
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            default_retention_hours: 24,
+            max_streams: 100_000,
+            max_json_body_bytes: 1 << 20,
+            store: StoreSettings::default(),
+            keys: KeySettings::default(),
+            ingest: IngestSettings::default(),
+            gc: GcSettings::default(),
+        }
+    }
+}
+
+/// Object store backend.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `local` (default: `<data_dir>/objects`, every write fsync'd) or `s3`.
+    pub backend: StoreBackend,
+    /// Directory for the `local` backend. Default `<data_dir>/objects`.
+    pub local_path: Option<PathBuf>,
+    /// Settings for the `s3` backend.
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Local,
+    S3,
+}
+
+/// S3-compatible store settings. Credentials may also come from the usual `AWS_*`
+/// environment variables.
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// Bucket name (required for `s3`).
+    pub bucket: String,
+    /// Endpoint URL for non-AWS stores, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Region of the bucket. Default: the server's `region`.
+    pub region: Option<String>,
+    /// Access key id; default from `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Secret key; default from `AWS_SECRET_ACCESS_KEY`. Never logged.
+    pub secret_access_key: Option<String>,
+    /// Allow `http://` endpoints. Default false.
+    pub allow_http: bool,
+    /// Key prefix inside the bucket. Default none.
+    pub prefix: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<set>"))
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_http", &self.allow_http)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The keyring of master keys (key-encryption keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Key id used for streams whose CreateStream names no `KmsKeyId`.
+    /// Default `streamvault-local`.
+    pub default_key_id: String,
+    /// Extra master keys: key id → path of a file holding 32 random bytes (raw, or 64
+    /// hex characters). The default key, when not listed here, lives at
+    /// `<data_dir>/keys/<default_key_id>.key` and is generated (0600) on first start.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            default_key_id: "streamvault-local".into(),
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// PutMedia limits. Defaults follow AWS's published limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Largest fragment, bytes (ErrorId 4001). Default 50,000,000.
+    pub max_fragment_bytes: u64,
+    /// Longest fragment (ErrorId 4002). Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub max_fragment_duration: Duration,
+    /// Most tracks in a session header (ErrorId 4012). Default 3.
+    pub max_tracks: usize,
+    /// Most fragment-metadata tags per fragment (ErrorId 4009). Default 10.
+    pub max_metadata_tags: usize,
+    /// Concurrent PutMedia connections per stream; one more answers
+    /// `ConnectionLimitExceededException`. Default 1.
+    pub max_connections_per_stream: usize,
+    /// Per-stream ingest rate cap in bytes/s; 0 turns it off. Default 12,500,000.
+    pub max_bytes_per_second: u64,
+    /// Bytes of fragment data all sessions together may hold in memory before uploads
+    /// are slowed (socket back-pressure). Default 512 MiB.
+    pub memory_budget_bytes: u64,
+    /// Interval of IDLE acks while a connection is open but sends nothing. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_ack_interval: Duration,
+    /// How long a PutMedia connection may send nothing before the server ends it.
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_fragment_bytes: 50_000_000,
+            max_fragment_duration: Duration::from_secs(20),
+            max_tracks: 3,
+            max_metadata_tags: 10,
+            max_connections_per_stream: 1,
+            max_bytes_per_second: 12_500_000,
+            memory_budget_bytes: 512 << 20,
+            idle_ack_interval: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Garbage collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSettings {
+    /// Objects without an index row are deleted only once older than this, so a
+    /// fragment being written right now is never touched. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub orphan_min_age: Duration,
+    /// Interval of the background sweep. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        Self {
+            orphan_min_age: Duration::from_secs(3600),
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors while loading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads settings: defaults ← `file` (if any) ← `STREAMVAULT_*` from `env`.
+    /// Command-line flags are applied by the caller afterwards.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // Variables the CLI reads directly, not settings.
+            if matches!(rest, "LOG" | "CONFIG") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, env_value(&value)).map_err(ConfigError::Invalid)?;
+        }
+        let settings: Settings = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks cross-field rules that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = self.default_retention_hours;
+        if !(0..=crate::model::MAX_RETENTION_HOURS).contains(&r) {
+            return Err(ConfigError::Invalid(format!(
+                "default_retention_hours must be 0..=87600, got {r}"
+            )));
+        }
+        if self.account_id.len() != 12 || !self.account_id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ConfigError::Invalid("account_id must be 12 digits".into()));
+        }
+        if self.region.is_empty()
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(ConfigError::Invalid("region must be [a-z0-9-]+".into()));
+        }
+        if self.store.backend == StoreBackend::S3 && self.store.s3.bucket.is_empty() {
+            return Err(ConfigError::Invalid("store.s3.bucket is required for the s3 backend".into()));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid("public_url must start with http:// or https://".into()));
+        }
+        crate::model::check_name("keys.default_key_id", &self.keys.default_key_id, 128)
+            .map_err(|e| ConfigError::Invalid(e.message))?;
+        if self.ingest.max_tracks == 0 || self.ingest.max_connections_per_stream == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The base URL clients should use: `public_url`, or `http://<listen>` where the
+    /// listen address is the one actually bound.
+    pub fn public_base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+
+    /// Path of the embedded SQLite index.
+    pub fn index_path(&self) -> PathBuf {
+        self.data_dir.join("index.sqlite3")
+    }
+
+    /// Directory of the local object store.
+    pub fn local_store_path(&self) -> PathBuf {
+        self.store
+            .local_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("objects"))
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one (numbers, booleans),
+/// otherwise plain strings.
+fn env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty settings key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("settings key {p} is not a table"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.default_retention_hours, 24);
+        assert_eq!(s.ingest.max_fragment_bytes, 50_000_000);
+        assert_eq!(s.listen.port(), 8080);
+    }
+
+    #[test]
+    fn file_then_env_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "region = \"eu-west-1\"\n[ingest]\nmax_tracks = 2\nidle_timeout = \"10s\"\n").unwrap();
+        let s = Settings::load(
+            Some(&f),
+            env(&[("STREAMVAULT_INGEST__MAX_TRACKS", "3"), ("STREAMVAULT_DEFAULT_RETENTION_HOURS", "0"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(s.region, "eu-west-1");
+        assert_eq!(s.ingest.max_tracks, 3);
+        assert_eq!(s.ingest.idle_timeout, Duration::from_secs(10));
+        assert_eq!(s.default_retention_hours, 0);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Settings::load(None, env(&[("STREAMVAULT_NO_SUCH_THING", "1")])).unwrap_err();
+        assert!(e.to_string().contains("no_such_thing"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[ingest]\nmax_trakcs = 2\n").unwrap();
+        assert!(Settings::load(Some(&f), env(&[])).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Settings::load(None, env(&[("STREAMVAULT_DEFAULT_RETENTION_HOURS", "87601")])).is_err());
+        assert!(Settings::load(None, env(&[("STREAMVAULT_ACCOUNT_ID", "12")])).is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let mut s = Settings::default();
+        s.store.s3.secret_access_key = Some("SUPERSECRETVALUE".into());
+        assert!(!format!("{s:?}").contains("SUPERSECRETVALUE"));
+    }
+}

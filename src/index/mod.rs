@@ -1,0 +1,224 @@
+//! The fragment index: streams (metadata, tags, wrapped data keys, fragment-number
+//! reservations), upload sessions (sealed header elements), fragments (numbers,
+//! timestamps, sizes, object keys, content hashes, metadata tags) and pending garbage.
+//!
+//! [`Index`] is an async trait so a PostgreSQL implementation can sit beside the embedded
+//! SQLite one ([`sqlite::SqliteIndex`]); the SQL is kept portable (no SQLite-only syntax
+//! in queries beyond `INSERT … ON CONFLICT`). A committed write is durable: the SQLite
+//! implementation runs in WAL mode with `synchronous=FULL`.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::clock::EpochMillis;
+use crate::error::{Error, ErrorKind};
+use crate::model::StreamName;
+
+/// Index failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("stream not found: stream={0}")]
+    StreamNotFound(String),
+    #[error("stream already exists: stream={0}")]
+    StreamExists(String),
+    #[error("version mismatch: stream={stream} expected={expected} current={current}")]
+    VersionMismatch {
+        stream: String,
+        expected: String,
+        current: String,
+    },
+    #[error("stream limit reached: limit={0}")]
+    StreamLimit(u64),
+    #[error("fragment already indexed: stream_id={stream_id} seq={seq}")]
+    DuplicateFragment { stream_id: String, seq: u64 },
+    #[error("index database: {0}")]
+    Db(String),
+}
+
+impl From<IndexError> for Error {
+    fn from(e: IndexError) -> Self {
+        let kind = match &e {
+            IndexError::StreamNotFound(_) => ErrorKind::ResourceNotFound,
+            IndexError::StreamExists(_) => ErrorKind::ResourceInUse,
+            IndexError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+            IndexError::StreamLimit(_) => ErrorKind::AccountStreamLimitExceeded,
+            IndexError::DuplicateFragment { .. } | IndexError::Db(_) => ErrorKind::Internal,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+pub type IndexResult<T> = Result<T, IndexError>;
+
+/// Lifecycle state of a stream, as DescribeStream reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStatus {
+    Active,
+}
+
+impl StreamStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamStatus::Active => "ACTIVE",
+        }
+    }
+}
+
+/// One stream as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// 32 hex digits; names the stream's objects and binds its encryption.
+    pub stream_id: String,
+    pub name: StreamName,
+    pub device_name: Option<String>,
+    pub media_type: Option<String>,
+    /// Id of the master key that wraps this stream's data key.
+    pub kms_key_id: String,
+    /// Changes on every metadata change.
+    pub version: String,
+    pub status: StreamStatus,
+    pub creation_ms: EpochMillis,
+    pub retention_hours: i64,
+    /// The data key wrapped by `kms_key_id`.
+    pub wrapped_key: Vec<u8>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Input of [`Index::create_stream`].
+#[derive(Debug, Clone)]
+pub struct NewStream {
+    pub stream_id: String,
+    pub name: StreamName,
+    pub device_name: Option<String>,
+    pub media_type: Option<String>,
+    pub kms_key_id: String,
+    pub version: String,
+    pub creation_ms: EpochMillis,
+    pub retention_hours: i64,
+    pub wrapped_key: Vec<u8>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A metadata change; each one also sets a new version.
+#[derive(Debug, Clone)]
+pub enum StreamUpdate {
+    /// UpdateStream: `None` leaves a field as it is.
+    Metadata {
+        device_name: Option<String>,
+        media_type: Option<String>,
+    },
+    /// UpdateDataRetention, with the resulting value.
+    Retention { hours: i64 },
+    /// TagStream / UntagStream. Fails with [`IndexError::StreamLimit`]-like
+    /// `TooManyTags` semantics handled by the caller before calling.
+    Tags {
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+}
+
+/// Which timestamp a fragment query selects on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampKind {
+    Producer,
+    Server,
+}
+
+/// One indexed fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragmentRecord {
+    pub stream_id: String,
+    pub seq: u64,
+    /// Upload session whose header elements precede this fragment in GetMedia output.
+    pub session_id: u64,
+    pub producer_ts_ms: EpochMillis,
+    pub server_ts_ms: EpochMillis,
+    pub duration_ms: i64,
+    /// The raw cluster timecode the producer sent (echoed in acks).
+    pub producer_timecode: i64,
+    /// Plaintext size of the stored fragment (cluster bytes).
+    pub size: u64,
+    pub object_key: String,
+    /// Size of the sealed object in the store.
+    pub object_size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub content_hash: String,
+    /// Producer fragment metadata (Tags after the cluster), name → value, in order.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// One upload session: the producer's header elements, sealed with the stream's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub stream_id: String,
+    pub session_id: u64,
+    pub created_ms: EpochMillis,
+    pub header_sealed: Vec<u8>,
+}
+
+/// Objects awaiting deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GarbageRecord {
+    pub id: i64,
+    /// A whole stream's prefix (`stream_id` set, `object_key` empty) or one object.
+    pub stream_id: String,
+    pub object_key: Option<String>,
+    pub created_ms: EpochMillis,
+}
+
+/// The index interface. Every method is a single transaction.
+#[async_trait]
+pub trait Index: Send + Sync + std::fmt::Debug {
+    /// Creates a stream; fails when the name is taken or `max_streams` would be exceeded.
+    async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord>;
+    async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>>;
+    async fn get_stream_by_id(&self, stream_id: &str) -> IndexResult<Option<StreamRecord>>;
+    /// Streams in name order, after `after` (exclusive), names starting with `prefix`.
+    async fn list_streams(&self, prefix: Option<&str>, after: Option<&str>, limit: usize) -> IndexResult<Vec<StreamRecord>>;
+    /// Applies `update` if `expected_version` (when given) matches; sets `new_version`.
+    async fn update_stream(
+        &self,
+        stream_id: &str,
+        expected_version: Option<&str>,
+        update: StreamUpdate,
+        new_version: &str,
+    ) -> IndexResult<StreamRecord>;
+    /// Deletes the stream in one transaction: its wrapped data key goes first
+    /// (crypto-shred), its rows go, and one garbage row records its object prefix.
+    async fn delete_stream(&self, stream_id: &str, expected_version: Option<&str>, now_ms: EpochMillis) -> IndexResult<()>;
+    async fn stream_count(&self) -> IndexResult<u64>;
+
+    /// Reserves `count` fragment sequence numbers, durably; returns the first. Numbers
+    /// handed out are never handed out again, even after a crash.
+    async fn reserve_fragment_seqs(&self, stream_id: &str, count: u64) -> IndexResult<u64>;
+    async fn insert_session(&self, s: SessionRecord) -> IndexResult<()>;
+    async fn get_session(&self, stream_id: &str, session_id: u64) -> IndexResult<Option<SessionRecord>>;
+    /// Commits a fragment row (durable on return).
+    async fn insert_fragment(&self, f: FragmentRecord) -> IndexResult<()>;
+    async fn get_fragment(&self, stream_id: &str, seq: u64) -> IndexResult<Option<FragmentRecord>>;
+    /// Fragments with `seq > after_seq`, in sequence order.
+    async fn fragments_after(&self, stream_id: &str, after_seq: Option<u64>, limit: usize) -> IndexResult<Vec<FragmentRecord>>;
+    /// Fragments whose `kind` timestamp lies in `[start, end]`, ordered by
+    /// (timestamp, seq), strictly after the cursor `after` when given.
+    async fn fragments_in_range(
+        &self,
+        stream_id: &str,
+        kind: TimestampKind,
+        start_ms: EpochMillis,
+        end_ms: EpochMillis,
+        after: Option<(EpochMillis, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>>;
+    /// The last fragment of the stream, if any.
+    async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>>;
+    /// Every fragment row, in (stream_id, seq) order after the cursor; for `check`.
+    async fn scan_fragments(&self, after: Option<(String, u64)>, limit: usize) -> IndexResult<Vec<FragmentRecord>>;
+    /// Ids of every live stream; for `check` and orphan detection.
+    async fn stream_ids(&self) -> IndexResult<Vec<String>>;
+
+    async fn list_garbage(&self, limit: usize) -> IndexResult<Vec<GarbageRecord>>;
+    async fn drop_garbage(&self, id: i64) -> IndexResult<()>;
+}

@@ -1,0 +1,728 @@
+//! The embedded index: SQLite through rusqlite (bundled), WAL mode, `synchronous=FULL`
+//! so a commit that returned is on disk. One writer connection and one reader
+//! connection, each behind a mutex and used from `spawn_blocking`. Schema changes are
+//! numbered migrations tracked in `PRAGMA user_version`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::*;
+
+/// Migrations, in order; `user_version` counts how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE streams (
+    stream_id       TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    device_name     TEXT,
+    media_type      TEXT,
+    kms_key_id      TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    creation_ms     INTEGER NOT NULL,
+    retention_hours INTEGER NOT NULL,
+    wrapped_key     BLOB NOT NULL,
+    seq_reserved    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE stream_tags (
+    stream_id TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    tag_key   TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (stream_id, tag_key)
+);
+CREATE TABLE sessions (
+    stream_id     TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    session_id    INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    header_sealed BLOB NOT NULL,
+    PRIMARY KEY (stream_id, session_id)
+);
+CREATE TABLE fragments (
+    stream_id         TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    seq               INTEGER NOT NULL,
+    session_id        INTEGER NOT NULL,
+    producer_ts_ms    INTEGER NOT NULL,
+    server_ts_ms      INTEGER NOT NULL,
+    duration_ms       INTEGER NOT NULL,
+    producer_timecode INTEGER NOT NULL,
+    size              INTEGER NOT NULL,
+    object_key        TEXT NOT NULL,
+    object_size       INTEGER NOT NULL,
+    content_hash      TEXT NOT NULL,
+    metadata          TEXT NOT NULL,
+    PRIMARY KEY (stream_id, seq)
+);
+CREATE INDEX fragments_by_server ON fragments (stream_id, server_ts_ms, seq);
+CREATE INDEX fragments_by_producer ON fragments (stream_id, producer_ts_ms, seq);
+CREATE TABLE garbage (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id  TEXT NOT NULL,
+    object_key TEXT,
+    created_ms INTEGER NOT NULL
+);
+"#];
+
+/// SQLite-backed [`Index`].
+#[derive(Debug, Clone)]
+pub struct SqliteIndex {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Db(e.to_string())
+}
+
+fn open_conn(path: &Path) -> IndexResult<Connection> {
+    let c = Connection::open(path).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(db_err)?;
+    Ok(c)
+}
+
+impl SqliteIndex {
+    /// Opens (creating if needed) the index at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> IndexResult<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(db_err)?;
+        }
+        let mut w = open_conn(path)?;
+        migrate(&mut w)?;
+        let r = open_conn(path)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(w)),
+            reader: Arc::new(Mutex::new(r)),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> IndexResult<T> + Send + 'static,
+    ) -> IndexResult<T> {
+        let c = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = c.lock().map_err(|_| db_err("writer connection poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> IndexResult<T> + Send + 'static,
+    ) -> IndexResult<T> {
+        let c = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = c.lock().map_err(|_| db_err("reader connection poisoned"))?;
+            f(&guard)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    /// Closes both connections, checkpointing the WAL; used at shutdown.
+    pub fn close(&self) {
+        if let Ok(c) = self.writer.lock() {
+            let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
+    }
+}
+
+fn migrate(c: &mut Connection) -> IndexResult<()> {
+    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(IndexError::Db(format!(
+            "index schema version {current} is newer than this binary supports ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = c.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+const STREAM_COLS: &str = "stream_id, name, device_name, media_type, kms_key_id, version, creation_ms, retention_hours, wrapped_key";
+
+fn stream_from_row(r: &Row) -> rusqlite::Result<StreamRecord> {
+    let name: String = r.get(1)?;
+    Ok(StreamRecord {
+        stream_id: r.get(0)?,
+        name: StreamName::parse(&name).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.message.into())
+        })?,
+        device_name: r.get(2)?,
+        media_type: r.get(3)?,
+        kms_key_id: r.get(4)?,
+        version: r.get(5)?,
+        status: StreamStatus::Active,
+        creation_ms: r.get(6)?,
+        retention_hours: r.get(7)?,
+        wrapped_key: r.get(8)?,
+        tags: BTreeMap::new(),
+    })
+}
+
+fn load_tags(c: &Connection, s: &mut StreamRecord) -> IndexResult<()> {
+    let mut st = c
+        .prepare_cached("SELECT tag_key, tag_value FROM stream_tags WHERE stream_id = ?1")
+        .map_err(db_err)?;
+    let rows = st
+        .query_map([&s.stream_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(db_err)?;
+    for row in rows {
+        let (k, v) = row.map_err(db_err)?;
+        s.tags.insert(k, v);
+    }
+    Ok(())
+}
+
+fn stream_where(c: &Connection, clause: &str, arg: &str) -> IndexResult<Option<StreamRecord>> {
+    let sql = format!("SELECT {STREAM_COLS} FROM streams WHERE {clause} = ?1");
+    let mut s = c
+        .query_row(&sql, [arg], stream_from_row)
+        .optional()
+        .map_err(db_err)?;
+    if let Some(s) = s.as_mut() {
+        load_tags(c, s)?;
+    }
+    Ok(s)
+}
+
+const FRAGMENT_COLS: &str = "stream_id, seq, session_id, producer_ts_ms, server_ts_ms, duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata";
+
+fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
+    let meta: String = r.get(11)?;
+    Ok(FragmentRecord {
+        stream_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        session_id: r.get::<_, i64>(2)? as u64,
+        producer_ts_ms: r.get(3)?,
+        server_ts_ms: r.get(4)?,
+        duration_ms: r.get(5)?,
+        producer_timecode: r.get(6)?,
+        size: r.get::<_, i64>(7)? as u64,
+        object_key: r.get(8)?,
+        object_size: r.get::<_, i64>(9)? as u64,
+        content_hash: r.get(10)?,
+        metadata: serde_json::from_str(&meta).unwrap_or_default(),
+    })
+}
+
+fn query_fragments(c: &Connection, sql: &str, args: impl rusqlite::Params) -> IndexResult<Vec<FragmentRecord>> {
+    let mut st = c.prepare_cached(sql).map_err(db_err)?;
+    let rows = st.query_map(args, fragment_from_row).map_err(db_err)?;
+    rows.collect::<Result<_, _>>().map_err(db_err)
+}
+
+fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
+    match expected {
+        Some(v) if v != s.version => Err(IndexError::VersionMismatch {
+            stream: s.name.to_string(),
+            expected: v.to_owned(),
+            current: s.version.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[async_trait]
+impl Index for SqliteIndex {
+    async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let count: i64 = tx.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0)).map_err(db_err)?;
+            if count as u64 >= max_streams {
+                return Err(IndexError::StreamLimit(max_streams));
+            }
+            let exists: Option<String> = tx
+                .query_row("SELECT stream_id FROM streams WHERE name = ?1", [s.name.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            if exists.is_some() {
+                return Err(IndexError::StreamExists(s.name.to_string()));
+            }
+            tx.execute(
+                &format!("INSERT INTO streams ({STREAM_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    s.stream_id,
+                    s.name.as_str(),
+                    s.device_name,
+                    s.media_type,
+                    s.kms_key_id,
+                    s.version,
+                    s.creation_ms,
+                    s.retention_hours,
+                    s.wrapped_key
+                ],
+            )
+            .map_err(db_err)?;
+            for (k, v) in &s.tags {
+                tx.execute(
+                    "INSERT INTO stream_tags (stream_id, tag_key, tag_value) VALUES (?1, ?2, ?3)",
+                    params![s.stream_id, k, v],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(StreamRecord {
+                stream_id: s.stream_id,
+                name: s.name,
+                device_name: s.device_name,
+                media_type: s.media_type,
+                kms_key_id: s.kms_key_id,
+                version: s.version,
+                status: StreamStatus::Active,
+                creation_ms: s.creation_ms,
+                retention_hours: s.retention_hours,
+                wrapped_key: s.wrapped_key,
+                tags: s.tags,
+            })
+        })
+        .await
+    }
+
+    async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>> {
+        let name = name.as_str().to_owned();
+        self.read(move |c| stream_where(c, "name", &name)).await
+    }
+
+    async fn get_stream_by_id(&self, stream_id: &str) -> IndexResult<Option<StreamRecord>> {
+        let id = stream_id.to_owned();
+        self.read(move |c| stream_where(c, "stream_id", &id)).await
+    }
+
+    async fn list_streams(&self, prefix: Option<&str>, after: Option<&str>, limit: usize) -> IndexResult<Vec<StreamRecord>> {
+        let prefix = prefix.unwrap_or("").to_owned();
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |c| {
+            // Names are [a-zA-Z0-9_.-], so a range scan implements BEGINS_WITH exactly
+            // ('~' sorts after every allowed character).
+            let upper = format!("{prefix}~");
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {STREAM_COLS} FROM streams WHERE name >= ?1 AND name < ?2 AND name > ?3 ORDER BY name LIMIT ?4"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![prefix, upper, after, limit as i64], stream_from_row)
+                .map_err(db_err)?;
+            let mut out: Vec<StreamRecord> = rows.collect::<Result<_, _>>().map_err(db_err)?;
+            for s in &mut out {
+                load_tags(c, s)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_stream(
+        &self,
+        stream_id: &str,
+        expected_version: Option<&str>,
+        update: StreamUpdate,
+        new_version: &str,
+    ) -> IndexResult<StreamRecord> {
+        let (id, expected, new_version) = (
+            stream_id.to_owned(),
+            expected_version.map(str::to_owned),
+            new_version.to_owned(),
+        );
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let cur = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            check_version(&cur, expected.as_deref())?;
+            match &update {
+                StreamUpdate::Metadata { device_name, media_type } => {
+                    tx.execute(
+                        "UPDATE streams SET device_name = COALESCE(?2, device_name), media_type = COALESCE(?3, media_type) WHERE stream_id = ?1",
+                        params![id, device_name, media_type],
+                    )
+                    .map_err(db_err)?;
+                }
+                StreamUpdate::Retention { hours } => {
+                    tx.execute("UPDATE streams SET retention_hours = ?2 WHERE stream_id = ?1", params![id, hours])
+                        .map_err(db_err)?;
+                }
+                StreamUpdate::Tags { set, remove } => {
+                    for k in remove {
+                        tx.execute("DELETE FROM stream_tags WHERE stream_id = ?1 AND tag_key = ?2", params![id, k])
+                            .map_err(db_err)?;
+                    }
+                    for (k, v) in set {
+                        tx.execute(
+                            "INSERT INTO stream_tags (stream_id, tag_key, tag_value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (stream_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+                            params![id, k, v],
+                        )
+                        .map_err(db_err)?;
+                    }
+                }
+            }
+            tx.execute("UPDATE streams SET version = ?2 WHERE stream_id = ?1", params![id, new_version])
+                .map_err(db_err)?;
+            let out = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_stream(&self, stream_id: &str, expected_version: Option<&str>, now_ms: EpochMillis) -> IndexResult<()> {
+        let (id, expected) = (stream_id.to_owned(), expected_version.map(str::to_owned));
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let cur = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            check_version(&cur, expected.as_deref())?;
+            // Crypto-shred first: the wrapped data key is overwritten before the row goes,
+            // so even a page of the old row surviving in the file holds no usable key.
+            tx.execute("UPDATE streams SET wrapped_key = zeroblob(length(wrapped_key)) WHERE stream_id = ?1", [&id])
+                .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO garbage (stream_id, object_key, created_ms) VALUES (?1, NULL, ?2)",
+                params![id, now_ms],
+            )
+            .map_err(db_err)?;
+            tx.execute("DELETE FROM streams WHERE stream_id = ?1", [&id]).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stream_count(&self) -> IndexResult<u64> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0)).map_err(db_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn reserve_fragment_seqs(&self, stream_id: &str, count: u64) -> IndexResult<u64> {
+        let id = stream_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let first: Option<i64> = tx
+                .query_row("SELECT seq_reserved FROM streams WHERE stream_id = ?1", [&id], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let first = first.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            tx.execute(
+                "UPDATE streams SET seq_reserved = seq_reserved + ?2 WHERE stream_id = ?1",
+                params![id, count as i64],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(first as u64)
+        })
+        .await
+    }
+
+    async fn insert_session(&self, s: SessionRecord) -> IndexResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sessions (stream_id, session_id, created_ms, header_sealed) VALUES (?1, ?2, ?3, ?4)",
+                params![s.stream_id, s.session_id as i64, s.created_ms, s.header_sealed],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, stream_id: &str, session_id: u64) -> IndexResult<Option<SessionRecord>> {
+        let id = stream_id.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT stream_id, session_id, created_ms, header_sealed FROM sessions WHERE stream_id = ?1 AND session_id = ?2",
+                params![id, session_id as i64],
+                |r| {
+                    Ok(SessionRecord {
+                        stream_id: r.get(0)?,
+                        session_id: r.get::<_, i64>(1)? as u64,
+                        created_ms: r.get(2)?,
+                        header_sealed: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn insert_fragment(&self, f: FragmentRecord) -> IndexResult<()> {
+        self.write(move |c| {
+            let meta = serde_json::to_string(&f.metadata).map_err(db_err)?;
+            let r = c.execute(
+                &format!("INSERT INTO fragments ({FRAGMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+                params![
+                    f.stream_id,
+                    f.seq as i64,
+                    f.session_id as i64,
+                    f.producer_ts_ms,
+                    f.server_ts_ms,
+                    f.duration_ms,
+                    f.producer_timecode,
+                    f.size as i64,
+                    f.object_key,
+                    f.object_size as i64,
+                    f.content_hash,
+                    meta
+                ],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(IndexError::DuplicateFragment {
+                        stream_id: f.stream_id,
+                        seq: f.seq,
+                    })
+                }
+                Err(e) => Err(db_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_fragment(&self, stream_id: &str, seq: u64) -> IndexResult<Option<FragmentRecord>> {
+        let id = stream_id.to_owned();
+        self.read(move |c| {
+            let mut v = query_fragments(
+                c,
+                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq = ?2"),
+                params![id, seq as i64],
+            )?;
+            Ok(v.pop())
+        })
+        .await
+    }
+
+    async fn fragments_after(&self, stream_id: &str, after_seq: Option<u64>, limit: usize) -> IndexResult<Vec<FragmentRecord>> {
+        let id = stream_id.to_owned();
+        let after = after_seq.map(|s| s as i64).unwrap_or(-1);
+        self.read(move |c| {
+            query_fragments(
+                c,
+                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
+                params![id, after, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn fragments_in_range(
+        &self,
+        stream_id: &str,
+        kind: TimestampKind,
+        start_ms: EpochMillis,
+        end_ms: EpochMillis,
+        after: Option<(EpochMillis, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>> {
+        let id = stream_id.to_owned();
+        let col = match kind {
+            TimestampKind::Producer => "producer_ts_ms",
+            TimestampKind::Server => "server_ts_ms",
+        };
+        let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
+        self.read(move |c| {
+            query_fragments(
+                c,
+                &format!(
+                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND {col} >= ?2 AND {col} <= ?3
+                     AND ({col} > ?4 OR ({col} = ?4 AND seq > ?5)) ORDER BY {col}, seq LIMIT ?6"
+                ),
+                params![id, start_ms, end_ms, after_ts, after_seq, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>> {
+        let id = stream_id.to_owned();
+        self.read(move |c| {
+            let mut v = query_fragments(
+                c,
+                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 ORDER BY seq DESC LIMIT 1"),
+                params![id],
+            )?;
+            Ok(v.pop())
+        })
+        .await
+    }
+
+    async fn scan_fragments(&self, after: Option<(String, u64)>, limit: usize) -> IndexResult<Vec<FragmentRecord>> {
+        let (aid, aseq) = after.map(|(a, s)| (a, s as i64)).unwrap_or((String::new(), -1));
+        self.read(move |c| {
+            query_fragments(
+                c,
+                &format!(
+                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id > ?1 OR (stream_id = ?1 AND seq > ?2)
+                     ORDER BY stream_id, seq LIMIT ?3"
+                ),
+                params![aid, aseq, limit as i64],
+            )
+        })
+        .await
+    }
+
+    async fn stream_ids(&self) -> IndexResult<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT stream_id FROM streams ORDER BY stream_id").map_err(db_err)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_garbage(&self, limit: usize) -> IndexResult<Vec<GarbageRecord>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached("SELECT id, stream_id, object_key, created_ms FROM garbage ORDER BY id LIMIT ?1")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([limit as i64], |r| {
+                    Ok(GarbageRecord {
+                        id: r.get(0)?,
+                        stream_id: r.get(1)?,
+                        object_key: r.get(2)?,
+                        created_ms: r.get(3)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn drop_garbage(&self, id: i64) -> IndexResult<()> {
+        self.write(move |c| {
+            c.execute("DELETE FROM garbage WHERE id = ?1", [id]).map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_stream(name: &str, id: &str) -> NewStream {
+        NewStream {
+            stream_id: id.to_owned(),
+            name: StreamName::parse(name).unwrap(),
+            device_name: None,
+            media_type: Some("video/h264".into()),
+            kms_key_id: "k".into(),
+            version: "v1".into(),
+            creation_ms: 1000,
+            retention_hours: 24,
+            wrapped_key: vec![1; 60],
+            tags: BTreeMap::from([("a".into(), "b".into())]),
+        }
+    }
+
+    fn frag(id: &str, seq: u64, ts: i64) -> FragmentRecord {
+        FragmentRecord {
+            stream_id: id.into(),
+            seq,
+            session_id: 1,
+            producer_ts_ms: ts,
+            server_ts_ms: ts + 5,
+            duration_ms: 1000,
+            producer_timecode: ts,
+            size: 100,
+            object_key: format!("k/{seq}"),
+            object_size: 140,
+            content_hash: "00".into(),
+            metadata: vec![("n".into(), "v".into())],
+        }
+    }
+
+    const A: &str = "0000000000000000000000000000000a";
+
+    #[tokio::test]
+    async fn streams_survive_reopen_and_versions_guard_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("i.sqlite3");
+        {
+            let idx = SqliteIndex::open(&p).unwrap();
+            idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+            let e = idx.create_stream(new_stream("cam1", A), 10).await.unwrap_err();
+            assert!(matches!(e, IndexError::StreamExists(_)));
+            let e = idx
+                .update_stream(A, Some("stale"), StreamUpdate::Retention { hours: 48 }, "v2")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, IndexError::VersionMismatch { .. }));
+            idx.update_stream(A, Some("v1"), StreamUpdate::Retention { hours: 48 }, "v2").await.unwrap();
+            idx.close();
+        }
+        let idx = SqliteIndex::open(&p).unwrap();
+        let s = idx.get_stream(&StreamName::parse("cam1").unwrap()).await.unwrap().unwrap();
+        assert_eq!((s.retention_hours, s.version.as_str()), (48, "v2"));
+        assert_eq!(s.tags.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn fragment_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+        idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+        assert_eq!(idx.reserve_fragment_seqs(A, 100).await.unwrap(), 0);
+        assert_eq!(idx.reserve_fragment_seqs(A, 100).await.unwrap(), 100);
+        for (seq, ts) in [(1, 0), (2, 2000), (3, 4000), (4, 6000)] {
+            idx.insert_fragment(frag(A, seq, ts)).await.unwrap();
+        }
+        assert!(matches!(
+            idx.insert_fragment(frag(A, 1, 0)).await,
+            Err(IndexError::DuplicateFragment { .. })
+        ));
+        let r = idx
+            .fragments_in_range(A, TimestampKind::Producer, 1000, 4000, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(r.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![2, 3]);
+        let page = idx
+            .fragments_in_range(A, TimestampKind::Server, 0, 10_000, Some((2005, 2)), 10)
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(idx.fragments_after(A, Some(2), 1).await.unwrap()[0].seq, 3);
+        assert_eq!(idx.last_fragment(A).await.unwrap().unwrap().seq, 4);
+        assert_eq!(idx.get_fragment(A, 3).await.unwrap().unwrap().metadata, vec![("n".into(), "v".into())]);
+        idx.delete_stream(A, None, 5).await.unwrap();
+        assert!(idx.get_fragment(A, 3).await.unwrap().is_none());
+        let g = idx.list_garbage(10).await.unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].stream_id, A);
+        idx.drop_garbage(g[0].id).await.unwrap();
+        assert!(idx.list_garbage(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn stream_listing_by_prefix_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+        for (i, n) in ["cam-a", "cam-b", "door", "cam-c"].iter().enumerate() {
+            idx.create_stream(new_stream(n, &format!("{i:032x}")), 10).await.unwrap();
+        }
+        let l = idx.list_streams(Some("cam-"), None, 2).await.unwrap();
+        assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["cam-a", "cam-b"]);
+        let l = idx.list_streams(Some("cam-"), Some("cam-b"), 2).await.unwrap();
+        assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["cam-c"]);
+        assert!(matches!(
+            idx.create_stream(new_stream("x", &format!("{:032x}", 99)), 4).await,
+            Err(IndexError::StreamLimit(4))
+        ));
+    }
+}

@@ -1,0 +1,22 @@
+//! streamvault: a self-hosted, wire-compatible Amazon Kinesis Video Streams service.
+//!
+//! Layout: [`config`] (settings), [`clock`] (injected time), [`model`] (validated domain
+//! values), [`error`] (service error kinds), [`store`] (encrypted fragment objects, the
+//! only place object keys are built), [`index`] (fragment index trait + SQLite),
+//! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`api`] (one router per
+//! API family), [`server`] (assembly and `run`), [`check`] (invariant checker) and
+//! [`cli`] (the `streamvault` command).
+
+pub mod api;
+pub mod check;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod gc;
+pub mod index;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod streams;

@@ -1,0 +1,35 @@
+//! Prometheus metrics. One process-wide recorder (the `metrics` facade is global), a
+//! handle to render it at `GET /metrics`, and the metric names used across modules.
+//! Labels never carry credentials or stream data, only operation names, statuses and
+//! error ids.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Requests by operation and status.
+pub const REQUESTS: &str = "streamvault_requests_total";
+/// Time to response headers, seconds, by operation.
+pub const REQUEST_SECONDS: &str = "streamvault_request_duration_seconds";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first use and returns the shared handle.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by an embedding program);
+            // then our handle renders an empty registry, which is harmless.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

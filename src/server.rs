@@ -1,0 +1,168 @@
+//! Assembling and running the server. [`run`] is what `streamvault serve` and the tests
+//! call: it builds the components from settings (or takes injected ones through
+//! [`Server::builder`]), serves on a listener the caller bound, and on shutdown stops
+//! accepting, lets in-flight requests finish (up to a grace period), stops background
+//! tasks and closes the index cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Settings;
+use crate::gc::Sweeper;
+use crate::index::sqlite::SqliteIndex;
+use crate::store::{self, FragmentStore, Keyring};
+use crate::streams::Catalog;
+
+/// How long shutdown waits for open requests before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Builds a [`Server`] from settings plus optional injected components.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    settings: Settings,
+    clock: Option<SharedClock>,
+    objects: Option<Arc<dyn ObjectStore>>,
+    keyring: Option<Keyring>,
+}
+
+impl ServerBuilder {
+    /// Uses this clock instead of the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Uses this object store instead of the one named in the settings.
+    pub fn with_object_store(mut self, objects: Arc<dyn ObjectStore>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// Uses this keyring instead of loading the configured key files.
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// Opens the index, the store and the keyring.
+    pub fn build(self) -> anyhow::Result<Server> {
+        let settings = self.settings;
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let keyring = match self.keyring {
+            Some(k) => k,
+            None => {
+                let default_path = settings
+                    .data_dir
+                    .join("keys")
+                    .join(format!("{}.key", settings.keys.default_key_id));
+                let (ring, load) = Keyring::load(&settings.keys.default_key_id, &default_path, &settings.keys.files)?;
+                if let Some(p) = load.generated {
+                    tracing::warn!(
+                        path = %p.display(),
+                        "generated a new master key; back it up: without it no stored fragment can be read"
+                    );
+                }
+                ring
+            }
+        };
+        let objects = match self.objects {
+            Some(o) => o,
+            None => store::object_store_from_settings(&settings)?,
+        };
+        let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
+        let store = FragmentStore::new(objects, Arc::new(keyring));
+        let catalog = Catalog::new(&settings, index.clone(), store.clone(), clock.clone());
+        Ok(Server {
+            settings: Arc::new(settings),
+            index,
+            catalog,
+            clock,
+        })
+    }
+}
+
+/// A built server, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    settings: Arc<Settings>,
+    index: Arc<SqliteIndex>,
+    catalog: Catalog,
+    clock: SharedClock,
+}
+
+impl Server {
+    pub fn builder(settings: Settings) -> ServerBuilder {
+        ServerBuilder {
+            settings,
+            clock: None,
+            objects: None,
+            keyring: None,
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        let gc_wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let state = AppState {
+            public_url: self.settings.public_base_url(addr).into(),
+            settings: self.settings.clone(),
+            catalog: self.catalog.clone(),
+            metrics: crate::metrics::handle(),
+            gc_wake: gc_wake.clone(),
+        };
+        let sweeper = Sweeper {
+            index: self.index.clone(),
+            store: self.catalog.store().clone(),
+            clock: self.clock.clone(),
+            orphan_min_age: self.settings.gc.orphan_min_age,
+        };
+        let gc_task = tokio::spawn(sweeper.run(self.settings.gc.interval, gc_wake, stop.clone()));
+
+        let app = api::router(state);
+        tracing::info!("listening on http://{addr}");
+        let graceful = stop.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing open requests");
+            graceful.cancel();
+        };
+        let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let serving = tokio::spawn(async move { serving.await });
+        let mut serving = std::pin::pin!(serving);
+        tokio::select! {
+            r = &mut serving => r??,
+            _ = async {
+                stop.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
+                serving.abort();
+            }
+        }
+        stop.cancel();
+        let _ = gc_task.await;
+        self.index.close();
+        tracing::info!("index closed; stopped");
+        Ok(())
+    }
+}
+
+/// Builds the server from `settings` and serves on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::builder(settings).build()?.serve(listener, shutdown).await
+}

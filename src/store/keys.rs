@@ -1,0 +1,69 @@
+//! The object key layout. This is the only code that formats or parses object keys:
+//!
+//! ```text
+//! streams/<stream id>/fragments/<seq, 20 digits>.mkv.sv
+//! ```
+//!
+//! `<stream id>` is the 32-hex-digit id the index gives each stream incarnation (never a
+//! user-chosen name, so any name is a safe key and a re-created stream never sees the old
+//! one's objects). Fixed-width sequence numbers keep listings in fragment order.
+
+use object_store::path::Path;
+
+const STREAMS: &str = "streams";
+const FRAGMENTS: &str = "fragments";
+const SUFFIX: &str = ".mkv.sv";
+
+/// Whether `id` is a well-formed stream id (32 lowercase hex digits).
+pub fn is_stream_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Prefix holding every object of a stream.
+pub fn stream_prefix(stream_id: &str) -> Path {
+    debug_assert!(is_stream_id(stream_id));
+    Path::from_iter([STREAMS, stream_id])
+}
+
+/// Prefix holding every stream.
+pub fn all_streams_prefix() -> Path {
+    Path::from(STREAMS)
+}
+
+/// Key of one fragment object.
+pub fn fragment_key(stream_id: &str, seq: u64) -> Path {
+    debug_assert!(is_stream_id(stream_id));
+    Path::from_iter([STREAMS, stream_id, FRAGMENTS, &format!("{seq:020}{SUFFIX}")])
+}
+
+/// Parses a fragment key back into (stream id, sequence number).
+pub fn parse_fragment_key(path: &Path) -> Option<(String, u64)> {
+    let parts: Vec<_> = path.parts().collect();
+    if parts.len() != 4 || parts[0].as_ref() != STREAMS || parts[2].as_ref() != FRAGMENTS {
+        return None;
+    }
+    let id = parts[1].as_ref();
+    let seq = parts[3].as_ref().strip_suffix(SUFFIX)?;
+    if !is_stream_id(id) || seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((id.to_owned(), seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let k = fragment_key(id, 42);
+        assert_eq!(
+            k.as_ref(),
+            "streams/0123456789abcdef0123456789abcdef/fragments/00000000000000000042.mkv.sv"
+        );
+        assert_eq!(parse_fragment_key(&k), Some((id.to_owned(), 42)));
+        assert_eq!(parse_fragment_key(&Path::from("streams/x/fragments/1.mkv.sv")), None);
+        assert!(k.prefix_matches(&stream_prefix(id)));
+    }
+}

@@ -1,0 +1,239 @@
+//! The encrypted fragment store: the one seam where fragment bytes meet the object store.
+//! It owns the object key layout ([`keys`]) and envelope encryption ([`crypto`]); nothing
+//! else builds a key or touches plaintext at rest. Backends are any `object_store`
+//! implementation: `LocalFileSystem` with fsync (the embedded default) or S3.
+
+pub mod crypto;
+pub mod keys;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::config::{Settings, StoreBackend};
+pub use crypto::{BlobKind, CryptoError, DataKey, Keyring};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found: key={0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("object store: {0}")]
+    Backend(#[from] object_store::Error),
+}
+
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(k) => crate::error::Error::not_found(format!("fragment data not found: key={k}")),
+            other => crate::error::Error::internal(other.to_string()),
+        }
+    }
+}
+
+/// Where and how big a stored object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+}
+
+/// One object seen in a listing.
+#[derive(Debug, Clone)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    pub last_modified_ms: i64,
+}
+
+/// Encrypted fragment storage over an object store.
+#[derive(Debug, Clone)]
+pub struct FragmentStore {
+    objects: Arc<dyn ObjectStore>,
+    keyring: Arc<Keyring>,
+}
+
+impl FragmentStore {
+    pub fn new(objects: Arc<dyn ObjectStore>, keyring: Arc<Keyring>) -> Self {
+        Self { objects, keyring }
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Encrypts and writes one fragment. Returns once the object is durable (the local
+    /// backend fsyncs file and directory; S3 returns after the PUT completes).
+    pub async fn put_fragment(&self, key: &DataKey, seq: u64, plaintext: &[u8]) -> Result<StoredObject, StoreError> {
+        let sealed = key.seal(BlobKind::Fragment, seq, plaintext)?;
+        let path = keys::fragment_key(key.stream_id(), seq);
+        let size = sealed.len() as u64;
+        self.objects.put(&path, PutPayload::from(sealed)).await?;
+        Ok(StoredObject {
+            key: path.to_string(),
+            size,
+        })
+    }
+
+    /// Reads and decrypts one fragment.
+    pub async fn get_fragment(&self, key: &DataKey, seq: u64) -> Result<Bytes, StoreError> {
+        let path = keys::fragment_key(key.stream_id(), seq);
+        let sealed = self.get_raw(&path).await?;
+        Ok(Bytes::from(key.open(BlobKind::Fragment, seq, &sealed)?))
+    }
+
+    /// Reads an object's stored (encrypted) bytes.
+    pub async fn get_raw(&self, path: &Path) -> Result<Bytes, StoreError> {
+        match self.objects.get(path).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(path.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Size of a stored object, or `None` when it does not exist.
+    pub async fn head_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.objects.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes one object; deleting a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.objects.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lists every object of one stream (`Some(id)`) or of all streams.
+    pub async fn list(&self, stream_id: Option<&str>) -> Result<Vec<ListedObject>, StoreError> {
+        let prefix = match stream_id {
+            Some(id) => keys::stream_prefix(id),
+            None => keys::all_streams_prefix(),
+        };
+        let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .map(|m| ListedObject {
+                key: m.location.to_string(),
+                size: m.size,
+                last_modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .collect())
+    }
+
+    /// Deletes every object of a stream; returns how many were deleted.
+    pub async fn delete_stream_objects(&self, stream_id: &str) -> Result<usize, StoreError> {
+        let objs = self.list(Some(stream_id)).await?;
+        for o in &objs {
+            self.delete(&o.key).await?;
+        }
+        Ok(objs.len())
+    }
+}
+
+/// Builds the object store named by the settings.
+pub fn object_store_from_settings(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match settings.store.backend {
+        StoreBackend::Local => {
+            let dir = settings.local_store_path();
+            std::fs::create_dir_all(&dir)?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)?
+                .with_fsync(true)
+                .with_automatic_cleanup(true);
+            Ok(Arc::new(fs))
+        }
+        StoreBackend::S3 => {
+            let s3 = &settings.store.s3;
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&s3.bucket)
+                .with_region(s3.region.clone().unwrap_or_else(|| settings.region.clone()))
+                .with_allow_http(s3.allow_http);
+            if let Some(e) = &s3.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(k) = &s3.access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = &s3.secret_access_key {
+                b = b.with_secret_access_key(k);
+            }
+            let store: Arc<dyn ObjectStore> = Arc::new(b.build()?);
+            Ok(match &s3.prefix {
+                Some(p) => Arc::new(object_store::prefix::PrefixStore::new(store, p.as_str())),
+                None => store,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn local_store(dir: &std::path::Path) -> FragmentStore {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap().with_fsync(true);
+        FragmentStore::new(Arc::new(fs), Arc::new(Keyring::ephemeral("k")))
+    }
+
+    #[tokio::test]
+    async fn round_trip_on_local_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
+        let (dek, _) = store.keyring().new_data_key("k", SID).unwrap();
+        let put = store.put_fragment(&dek, 5, b"cluster bytes").await.unwrap();
+        assert_eq!(store.head_size(&put.key).await.unwrap(), Some(put.size));
+        assert_eq!(&store.get_fragment(&dek, 5).await.unwrap()[..], b"cluster bytes");
+        assert!(matches!(store.get_fragment(&dek, 6).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.list(Some(SID)).await.unwrap().len(), 1);
+        assert_eq!(store.delete_stream_objects(SID).await.unwrap(), 1);
+        assert!(store.list(None).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tampered_or_moved_objects_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
+        let (dek, _) = store.keyring().new_data_key("k", SID).unwrap();
+        let a = store.put_fragment(&dek, 1, b"fragment one").await.unwrap();
+        let b = store.put_fragment(&dek, 2, b"fragment two").await.unwrap();
+        // Move fragment 1's object onto fragment 2's key.
+        let pa = dir.path().join(&a.key);
+        let pb = dir.path().join(&b.key);
+        std::fs::copy(&pa, &pb).unwrap();
+        assert!(matches!(store.get_fragment(&dek, 2).await, Err(StoreError::Crypto(CryptoError::Integrity(_)))));
+        // Flip one bit in the middle of fragment 1.
+        let mut bytes = std::fs::read(&pa).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&pa, &bytes).unwrap();
+        assert!(matches!(store.get_fragment(&dek, 1).await, Err(StoreError::Crypto(CryptoError::Integrity(_)))));
+    }
+
+    #[tokio::test]
+    async fn no_plaintext_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
+        let (dek, _) = store.keyring().new_data_key("k", SID).unwrap();
+        let marker = b"STREAMVAULT-PLAINTEXT-MARKER-3f9a1c";
+        let mut payload = vec![0u8; 4096];
+        payload.extend_from_slice(marker);
+        store.put_fragment(&dek, 1, &payload).await.unwrap();
+        let status = std::process::Command::new("grep")
+            .args(["-r", "-a", "-q", std::str::from_utf8(marker).unwrap()])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "grep found the marker (or failed) under the data dir");
+    }
+}

@@ -1,0 +1,192 @@
+//! The stream catalog: the business rules of the control plane on top of the index and
+//! the keyring. It resolves `StreamName | StreamARN` the same way for every API, creates
+//! streams with a fresh wrapped data key, applies version-checked updates, and caches
+//! unwrapped data keys for the data plane (dropped when a stream is deleted).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::{Index, NewStream, StreamRecord, StreamUpdate};
+use crate::model::{self, StreamArn, StreamName};
+use crate::store::{DataKey, FragmentStore};
+
+/// Stream-level operations shared by every API family.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    index: Arc<dyn Index>,
+    store: FragmentStore,
+    clock: SharedClock,
+    region: String,
+    account_id: String,
+    default_retention_hours: i64,
+    max_streams: u64,
+    keys: Arc<Mutex<HashMap<String, Arc<DataKey>>>>,
+}
+
+/// Input of [`Catalog::create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateStream {
+    pub name: String,
+    pub device_name: Option<String>,
+    pub media_type: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub retention_hours: Option<i64>,
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Catalog {
+    pub fn new(settings: &Settings, index: Arc<dyn Index>, store: FragmentStore, clock: SharedClock) -> Self {
+        Self {
+            index,
+            store,
+            clock,
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+            default_retention_hours: settings.default_retention_hours,
+            max_streams: settings.max_streams,
+            keys: Arc::default(),
+        }
+    }
+
+    pub fn index(&self) -> &Arc<dyn Index> {
+        &self.index
+    }
+
+    pub fn store(&self) -> &FragmentStore {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The ARN of a stream.
+    pub fn arn(&self, s: &StreamRecord) -> String {
+        StreamArn::format(&self.region, &self.account_id, &s.name, s.creation_ms)
+    }
+
+    /// Resolves `StreamName | StreamARN`. `arn_kind` is the error kind for a malformed
+    /// ARN (`InvalidResourceFormat` on tag operations, `InvalidArgument` elsewhere).
+    pub async fn resolve(&self, name: Option<&str>, arn: Option<&str>, arn_kind: ErrorKind) -> Result<StreamRecord> {
+        let by_arn = match arn {
+            Some(a) => Some(StreamArn::parse(a, arn_kind)?),
+            None => None,
+        };
+        let name = match (name, &by_arn) {
+            (None, None) => return Err(Error::invalid("either StreamName or StreamARN is required")),
+            (Some(n), Some(a)) if n != a.name.as_str() => {
+                return Err(Error::invalid(format!(
+                    "StreamName and StreamARN name different streams: name={n} arn_name={}",
+                    a.name
+                )));
+            }
+            (Some(n), _) => StreamName::parse(n)?,
+            (None, Some(a)) => a.name.clone(),
+        };
+        let rec = self.index.get_stream(&name).await?;
+        let rec = rec.ok_or_else(|| Error::stream_not_found(name.as_str()))?;
+        if let Some(a) = by_arn
+            && (a.creation_ms != rec.creation_ms || a.region != self.region || a.account != self.account_id)
+        {
+            // Same name, other incarnation or other region/account: not this stream.
+            return Err(Error::not_found(format!("stream not found: arn={}", arn.unwrap_or_default())));
+        }
+        Ok(rec)
+    }
+
+    /// CreateStream.
+    pub async fn create(&self, req: CreateStream) -> Result<StreamRecord> {
+        let name = StreamName::parse(&req.name)?;
+        if let Some(d) = &req.device_name {
+            model::check_name("DeviceName", d, 128)?;
+        }
+        if let Some(m) = &req.media_type {
+            model::check_media_type(m)?;
+        }
+        let retention = req.retention_hours.unwrap_or(self.default_retention_hours);
+        model::check_retention(retention)?;
+        if let Some(t) = &req.tags {
+            model::check_tags(t)?;
+        }
+        let keyring = self.store.keyring();
+        let kms_key_id = match &req.kms_key_id {
+            Some(k) => {
+                if k.is_empty() || k.len() > 2048 {
+                    return Err(Error::invalid("KmsKeyId must be 1 to 2048 characters"));
+                }
+                if !keyring.contains(k) {
+                    return Err(Error::invalid(format!(
+                        "KmsKeyId names no key in this server's keyring: key_id={k}"
+                    )));
+                }
+                k.clone()
+            }
+            None => keyring.default_id().to_owned(),
+        };
+        let stream_id = new_id();
+        let (dek, wrapped) = keyring
+            .new_data_key(&kms_key_id, &stream_id)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let rec = self
+            .index
+            .create_stream(
+                NewStream {
+                    stream_id: stream_id.clone(),
+                    name,
+                    device_name: req.device_name,
+                    media_type: req.media_type,
+                    kms_key_id,
+                    version: new_id(),
+                    creation_ms: self.clock.now_ms(),
+                    retention_hours: retention,
+                    wrapped_key: wrapped,
+                    tags: req.tags.unwrap_or_default(),
+                },
+                self.max_streams,
+            )
+            .await?;
+        self.keys.lock().expect("key cache").insert(stream_id, Arc::new(dek));
+        Ok(rec)
+    }
+
+    /// Applies a version-checked metadata change.
+    pub async fn update(&self, s: &StreamRecord, expected_version: Option<&str>, update: StreamUpdate) -> Result<StreamRecord> {
+        if let Some(v) = expected_version {
+            model::check_version(v)?;
+        }
+        Ok(self.index.update_stream(&s.stream_id, expected_version, update, &new_id()).await?)
+    }
+
+    /// DeleteStream: the data key is destroyed and the rows removed in one transaction;
+    /// objects are removed later by the garbage sweep.
+    pub async fn delete(&self, s: &StreamRecord, expected_version: Option<&str>) -> Result<()> {
+        if let Some(v) = expected_version {
+            model::check_version(v)?;
+        }
+        self.index.delete_stream(&s.stream_id, expected_version, self.clock.now_ms()).await?;
+        self.keys.lock().expect("key cache").remove(&s.stream_id);
+        Ok(())
+    }
+
+    /// The unwrapped data key of a stream (cached).
+    pub fn data_key(&self, s: &StreamRecord) -> Result<Arc<DataKey>> {
+        if let Some(k) = self.keys.lock().expect("key cache").get(&s.stream_id) {
+            return Ok(k.clone());
+        }
+        let k = self
+            .store
+            .keyring()
+            .unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let k = Arc::new(k);
+        self.keys.lock().expect("key cache").insert(s.stream_id.clone(), k.clone());
+        Ok(k)
+    }
+}
