@@ -16,28 +16,69 @@ use crate::store::{FragmentStore, StoreError};
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    MissingObject { key: String },
-    SizeMismatch { key: String, indexed: u64, stored: u64 },
-    UnreadableKey { stream_id: String, reason: String },
-    DecryptFailed { key: String, reason: String },
-    HashMismatch { key: String },
-    PlaintextSizeMismatch { key: String, indexed: u64, actual: u64 },
+    MissingObject {
+        key: String,
+    },
+    SizeMismatch {
+        key: String,
+        indexed: u64,
+        stored: u64,
+    },
+    UnreadableKey {
+        stream_id: String,
+        reason: String,
+    },
+    DecryptFailed {
+        key: String,
+        reason: String,
+    },
+    HashMismatch {
+        key: String,
+    },
+    PlaintextSizeMismatch {
+        key: String,
+        indexed: u64,
+        actual: u64,
+    },
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::MissingObject { key } => write!(f, "indexed fragment has no object: key={key}"),
-            Problem::SizeMismatch { key, indexed, stored } => {
-                write!(f, "object size differs from index: key={key} indexed={indexed} stored={stored}")
+            Problem::MissingObject { key } => {
+                write!(f, "indexed fragment has no object: key={key}")
+            }
+            Problem::SizeMismatch {
+                key,
+                indexed,
+                stored,
+            } => {
+                write!(
+                    f,
+                    "object size differs from index: key={key} indexed={indexed} stored={stored}"
+                )
             }
             Problem::UnreadableKey { stream_id, reason } => {
-                write!(f, "stream data key cannot be unwrapped: stream_id={stream_id} reason={reason}")
+                write!(
+                    f,
+                    "stream data key cannot be unwrapped: stream_id={stream_id} reason={reason}"
+                )
             }
-            Problem::DecryptFailed { key, reason } => write!(f, "object does not decrypt: key={key} reason={reason}"),
-            Problem::HashMismatch { key } => write!(f, "plaintext hash differs from index: key={key}"),
-            Problem::PlaintextSizeMismatch { key, indexed, actual } => {
-                write!(f, "plaintext size differs from index: key={key} indexed={indexed} actual={actual}")
+            Problem::DecryptFailed { key, reason } => {
+                write!(f, "object does not decrypt: key={key} reason={reason}")
+            }
+            Problem::HashMismatch { key } => {
+                write!(f, "plaintext hash differs from index: key={key}")
+            }
+            Problem::PlaintextSizeMismatch {
+                key,
+                indexed,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "plaintext size differs from index: key={key} indexed={indexed} actual={actual}"
+                )
             }
         }
     }
@@ -71,10 +112,14 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
     let mut report = Report::default();
     let listed = store.list(None).await?;
     report.objects_listed = listed.len() as u64;
-    let sizes: std::collections::HashMap<String, u64> = listed.iter().map(|o| (o.key.clone(), o.size)).collect();
+    let sizes: std::collections::HashMap<String, u64> =
+        listed.iter().map(|o| (o.key.clone(), o.size)).collect();
     let mut referenced = HashSet::new();
     let mut cursor = None;
-    let mut key_cache: Option<(String, Result<std::sync::Arc<crate::store::DataKey>, String>)> = None;
+    let mut key_cache: Option<(
+        String,
+        Result<std::sync::Arc<crate::store::DataKey>, String>,
+    )> = None;
     loop {
         let page = index.scan_fragments(cursor.clone(), 1000).await?;
         let Some(last) = page.last() else { break };
@@ -84,7 +129,9 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
             referenced.insert(f.object_key.clone());
             match sizes.get(&f.object_key) {
                 None => {
-                    report.problems.push(Problem::MissingObject { key: f.object_key.clone() });
+                    report.problems.push(Problem::MissingObject {
+                        key: f.object_key.clone(),
+                    });
                     continue;
                 }
                 Some(&stored) if stored != f.object_size => {
@@ -117,7 +164,9 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
                 }
                 key_cache = Some((f.stream_id.clone(), k));
             }
-            let Some((_, Ok(key))) = &key_cache else { continue };
+            let Some((_, Ok(key))) = &key_cache else {
+                continue;
+            };
             match store.get_fragment(key, f.seq).await {
                 Ok(plain) => {
                     report.fragments_decrypted += 1;
@@ -128,10 +177,14 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
                             actual: plain.len() as u64,
                         });
                     } else if content_hash(&plain) != f.content_hash {
-                        report.problems.push(Problem::HashMismatch { key: f.object_key.clone() });
+                        report.problems.push(Problem::HashMismatch {
+                            key: f.object_key.clone(),
+                        });
                     }
                 }
-                Err(StoreError::NotFound(_)) => report.problems.push(Problem::MissingObject { key: f.object_key.clone() }),
+                Err(StoreError::NotFound(_)) => report.problems.push(Problem::MissingObject {
+                    key: f.object_key.clone(),
+                }),
                 Err(e) => report.problems.push(Problem::DecryptFailed {
                     key: f.object_key.clone(),
                     reason: e.to_string(),

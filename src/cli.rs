@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Settings;
 
 #[derive(Parser, Debug)]
-#[command(name = "streamvault", version, about = "Self-hosted, wire-compatible Kinesis Video Streams")]
+#[command(
+    name = "streamvault",
+    version,
+    about = "Self-hosted, wire-compatible Kinesis Video Streams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -140,7 +144,10 @@ async fn wait_for_signal() {
 async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = load_settings(&a.common)?;
     if !settings.index_path().exists() {
-        anyhow::bail!("no index at {}: is --data-dir right?", settings.index_path().display());
+        anyhow::bail!(
+            "no index at {}: is --data-dir right?",
+            settings.index_path().display()
+        );
     }
     let default_path = settings
         .data_dir
@@ -153,7 +160,8 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         files.insert(settings.keys.default_key_id.clone(), default_path.clone());
     }
-    let (keyring, _) = crate::store::Keyring::load(&settings.keys.default_key_id, &default_path, &files)?;
+    let (keyring, _) =
+        crate::store::Keyring::load(&settings.keys.default_key_id, &default_path, &files)?;
     let objects = crate::store::object_store_from_settings(&settings)?;
     let store = crate::store::FragmentStore::new(objects, Arc::new(keyring));
     let index = crate::index::sqlite::SqliteIndex::open(&settings.index_path())?;

@@ -75,7 +75,11 @@ pub fn epoch_secs_json(ms: EpochMillis) -> serde_json::Value {
         // Emit the next float up in that case: every client then sees the exact ms.
         let x = ms as f64 / 1000.0;
         let sdk_ms = |v: f64| (((v - v.floor()) * 1e9).round() as i64) / 1_000_000;
-        let x = if sdk_ms(x) == ms.rem_euclid(1000) { x } else { x.next_up() };
+        let x = if sdk_ms(x) == ms.rem_euclid(1000) {
+            x
+        } else {
+            x.next_up()
+        };
         serde_json::Value::from(x)
     }
 }
@@ -102,17 +106,25 @@ mod tests {
 
     #[test]
     fn json_seconds_are_numbers_with_ms_precision() {
-        assert!(epoch_secs_json(1_700_000_000_123).to_string().starts_with("1700000000.123"));
+        assert!(
+            epoch_secs_json(1_700_000_000_123)
+                .to_string()
+                .starts_with("1700000000.123")
+        );
         // Every millisecond of a second reads back exactly the way the Rust SDK and
         // botocore convert it (floor of rounded nanoseconds).
         for ms in 1_795_632_709_000i64..1_795_632_710_000 {
             let v = epoch_secs_json(ms).as_f64().unwrap();
-            let back = v.floor() as i64 * 1000 + (((v - v.floor()) * 1e9).round() as i64) / 1_000_000;
+            let back =
+                v.floor() as i64 * 1000 + (((v - v.floor()) * 1e9).round() as i64) / 1_000_000;
             assert_eq!(back, ms);
             assert_eq!(epoch_ms_from_json_secs(v), Some(ms));
         }
         assert_eq!(epoch_secs_json(1_700_000_000_000).to_string(), "1700000000");
-        assert_eq!(epoch_ms_from_json_secs(1700000000.25), Some(1_700_000_000_250));
+        assert_eq!(
+            epoch_ms_from_json_secs(1700000000.25),
+            Some(1_700_000_000_250)
+        );
         assert_eq!(epoch_ms_from_json_secs(f64::NAN), None);
     }
 

@@ -116,8 +116,14 @@ impl std::fmt::Debug for S3Settings {
             .field("bucket", &self.bucket)
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id.as_ref().map(|_| "<set>"))
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("allow_http", &self.allow_http)
             .field("prefix", &self.prefix)
             .finish()
@@ -244,10 +250,11 @@ impl Settings {
                     path: path.to_owned(),
                     source,
                 })?;
-                text.parse::<toml::Table>().map_err(|source| ConfigError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse {
+                        path: path.to_owned(),
+                        source,
+                    })?
             }
             None => toml::Table::new(),
         };
@@ -289,12 +296,16 @@ impl Settings {
             return Err(ConfigError::Invalid("region must be [a-z0-9-]+".into()));
         }
         if self.store.backend == StoreBackend::S3 && self.store.s3.bucket.is_empty() {
-            return Err(ConfigError::Invalid("store.s3.bucket is required for the s3 backend".into()));
+            return Err(ConfigError::Invalid(
+                "store.s3.bucket is required for the s3 backend".into(),
+            ));
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(ConfigError::Invalid("public_url must start with http:// or https://".into()));
+            return Err(ConfigError::Invalid(
+                "public_url must start with http:// or https://".into(),
+            ));
         }
         crate::model::check_name("keys.default_key_id", &self.keys.default_key_id, 128)
             .map_err(|e| ConfigError::Invalid(e.message))?;
@@ -335,7 +346,9 @@ fn env_value(raw: &str) -> toml::Value {
     let probe = format!("v = {raw}");
     match probe.parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_owned()),
         },
         Err(_) => toml::Value::String(raw.to_owned()),
@@ -362,7 +375,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -377,10 +393,18 @@ mod tests {
     fn file_then_env_overlay() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "region = \"eu-west-1\"\n[ingest]\nmax_tracks = 2\nidle_timeout = \"10s\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "region = \"eu-west-1\"\n[ingest]\nmax_tracks = 2\nidle_timeout = \"10s\"\n",
+        )
+        .unwrap();
         let s = Settings::load(
             Some(&f),
-            env(&[("STREAMVAULT_INGEST__MAX_TRACKS", "3"), ("STREAMVAULT_DEFAULT_RETENTION_HOURS", "0"), ("OTHER", "x")]),
+            env(&[
+                ("STREAMVAULT_INGEST__MAX_TRACKS", "3"),
+                ("STREAMVAULT_DEFAULT_RETENTION_HOURS", "0"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.region, "eu-west-1");
@@ -401,7 +425,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        assert!(Settings::load(None, env(&[("STREAMVAULT_DEFAULT_RETENTION_HOURS", "87601")])).is_err());
+        assert!(
+            Settings::load(
+                None,
+                env(&[("STREAMVAULT_DEFAULT_RETENTION_HOURS", "87601")])
+            )
+            .is_err()
+        );
         assert!(Settings::load(None, env(&[("STREAMVAULT_ACCOUNT_ID", "12")])).is_err());
     }
 

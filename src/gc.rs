@@ -48,7 +48,8 @@ impl Sweeper {
                         report.objects_deleted += 1;
                     }
                     None => {
-                        report.objects_deleted += self.store.delete_stream_objects(&g.stream_id).await?;
+                        report.objects_deleted +=
+                            self.store.delete_stream_objects(&g.stream_id).await?;
                     }
                 }
                 self.index.drop_garbage(g.id).await?;
@@ -67,10 +68,13 @@ impl Sweeper {
             if o.last_modified_ms > cutoff {
                 continue;
             }
-            let orphan = match keys::parse_fragment_key(&object_store::path::Path::from(o.key.as_str())) {
-                Some((sid, seq)) => !live.contains(&sid) || self.index.get_fragment(&sid, seq).await?.is_none(),
-                None => true,
-            };
+            let orphan =
+                match keys::parse_fragment_key(&object_store::path::Path::from(o.key.as_str())) {
+                    Some((sid, seq)) => {
+                        !live.contains(&sid) || self.index.get_fragment(&sid, seq).await?.is_none()
+                    }
+                    None => true,
+                };
             if orphan {
                 tracing::info!(key = %o.key, "deleting orphan object");
                 self.store.delete(&o.key).await?;
@@ -82,7 +86,12 @@ impl Sweeper {
 
     /// Runs until `stop` fires: an orphan sweep at start, then garbage sweeps every
     /// `interval` or when woken.
-    pub async fn run(self, interval: Duration, wake: Arc<Notify>, stop: tokio_util::sync::CancellationToken) {
+    pub async fn run(
+        self,
+        interval: Duration,
+        wake: Arc<Notify>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         match self.sweep_orphans().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(orphans = n, "startup recovery removed orphan objects"),
@@ -91,7 +100,11 @@ impl Sweeper {
         loop {
             match self.sweep_garbage().await {
                 Ok(r) if r.garbage_rows_done > 0 => {
-                    tracing::info!(rows = r.garbage_rows_done, objects = r.objects_deleted, "garbage swept")
+                    tracing::info!(
+                        rows = r.garbage_rows_done,
+                        objects = r.objects_deleted,
+                        "garbage swept"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "garbage sweep failed; will retry"),

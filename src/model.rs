@@ -65,7 +65,12 @@ pub struct StreamArn {
 
 impl StreamArn {
     /// Formats the ARN of a stream.
-    pub fn format(region: &str, account: &str, name: &StreamName, creation_ms: EpochMillis) -> String {
+    pub fn format(
+        region: &str,
+        account: &str,
+        name: &StreamName,
+        creation_ms: EpochMillis,
+    ) -> String {
         format!("arn:aws:kinesisvideo:{region}:{account}:stream/{name}/{creation_ms}")
     }
 
@@ -78,10 +83,16 @@ impl StreamArn {
         }
         let parts: Vec<&str> = s.splitn(6, ':').collect();
         if parts.len() != 6 || parts[0] != "arn" || parts[2] != "kinesisvideo" {
-            return Err(bad("expected arn:<partition>:kinesisvideo:<region>:<account>:stream/<name>/<n>"));
+            return Err(bad(
+                "expected arn:<partition>:kinesisvideo:<region>:<account>:stream/<name>/<n>",
+            ));
         }
         let (partition, region, account, resource) = (parts[1], parts[3], parts[4], parts[5]);
-        let ok_lower = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let ok_lower = |x: &str| {
+            !x.is_empty()
+                && x.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
         if !ok_lower(partition) || !ok_lower(region) {
             return Err(bad("partition and region must be [a-z0-9-]+"));
         }
@@ -89,7 +100,9 @@ impl StreamArn {
             return Err(bad("account must be digits"));
         }
         let mut res = resource.split('/');
-        let (Some(rtype), Some(name), Some(num), None) = (res.next(), res.next(), res.next(), res.next()) else {
+        let (Some(rtype), Some(name), Some(num), None) =
+            (res.next(), res.next(), res.next(), res.next())
+        else {
             return Err(bad("resource must be stream/<name>/<number>"));
         };
         if rtype != "stream" {
@@ -152,7 +165,12 @@ impl FragmentNumber {
 
 impl fmt::Display for FragmentNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "91{:013}{:032}", self.stream_creation_ms.max(0), self.seq)
+        write!(
+            f,
+            "91{:013}{:032}",
+            self.stream_creation_ms.max(0),
+            self.seq
+        )
     }
 }
 
@@ -167,7 +185,9 @@ fn is_tag_char(c: char) -> bool {
 pub fn check_tag_key(key: &str) -> Result<()> {
     let n = key.chars().count();
     if n == 0 || n > 128 {
-        return Err(Error::invalid(format!("tag key must be 1 to 128 characters: key={key}")));
+        return Err(Error::invalid(format!(
+            "tag key must be 1 to 128 characters: key={key}"
+        )));
     }
     if let Some(c) = key.chars().find(|c| !is_tag_char(*c)) {
         return Err(Error::invalid(format!(
@@ -180,7 +200,9 @@ pub fn check_tag_key(key: &str) -> Result<()> {
 /// Validates one tag value (0–256 chars) from the allowed character set.
 pub fn check_tag_value(key: &str, value: &str) -> Result<()> {
     if value.chars().count() > 256 {
-        return Err(Error::invalid(format!("tag value must be at most 256 characters: key={key}")));
+        return Err(Error::invalid(format!(
+            "tag value must be at most 256 characters: key={key}"
+        )));
     }
     if let Some(c) = value.chars().find(|c| !is_tag_char(*c)) {
         return Err(Error::invalid(format!(
@@ -198,7 +220,10 @@ pub fn check_tags(tags: &BTreeMap<String, String>) -> Result<()> {
     if tags.len() > MAX_TAGS {
         return Err(Error::new(
             ErrorKind::TagsPerResourceExceededLimit,
-            format!("a stream can have at most {MAX_TAGS} tags: requested={}", tags.len()),
+            format!(
+                "a stream can have at most {MAX_TAGS} tags: requested={}",
+                tags.len()
+            ),
         ));
     }
     for (k, v) in tags {
@@ -270,9 +295,16 @@ mod tests {
         assert_eq!(a.name, name);
         assert_eq!(a.creation_ms, 1_700_000_000_123);
         assert_eq!(a.region, "us-west-2");
-        let e = StreamArn::parse("arn:aws:s3:::bucket", ErrorKind::InvalidResourceFormat).unwrap_err();
+        let e =
+            StreamArn::parse("arn:aws:s3:::bucket", ErrorKind::InvalidResourceFormat).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidResourceFormat);
-        assert!(StreamArn::parse("arn:aws:kinesisvideo:us-west-2:1:channel/x/1", ErrorKind::InvalidArgument).is_err());
+        assert!(
+            StreamArn::parse(
+                "arn:aws:kinesisvideo:us-west-2:1:channel/x/1",
+                ErrorKind::InvalidArgument
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -281,7 +313,10 @@ mod tests {
         let b = FragmentNumber::new(1_700_000_000_123, 10).to_string();
         assert_eq!(a.len(), 47);
         assert!(a < b);
-        assert_eq!(FragmentNumber::parse(&b).unwrap(), Some(FragmentNumber::new(1_700_000_000_123, 10)));
+        assert_eq!(
+            FragmentNumber::parse(&b).unwrap(),
+            Some(FragmentNumber::new(1_700_000_000_123, 10))
+        );
         assert_eq!(FragmentNumber::parse("123").unwrap(), None);
         assert!(FragmentNumber::parse("12a").is_err());
     }
@@ -294,7 +329,10 @@ mod tests {
         t.insert("bad*".to_string(), "x".to_string());
         assert!(check_tags(&t).is_err());
         let many: BTreeMap<_, _> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
-        assert_eq!(check_tags(&many).unwrap_err().kind, ErrorKind::TagsPerResourceExceededLimit);
+        assert_eq!(
+            check_tags(&many).unwrap_err().kind,
+            ErrorKind::TagsPerResourceExceededLimit
+        );
     }
 
     #[test]

@@ -64,7 +64,11 @@ impl ServerBuilder {
                     .data_dir
                     .join("keys")
                     .join(format!("{}.key", settings.keys.default_key_id));
-                let (ring, load) = Keyring::load(&settings.keys.default_key_id, &default_path, &settings.keys.files)?;
+                let (ring, load) = Keyring::load(
+                    &settings.keys.default_key_id,
+                    &default_path,
+                    &settings.keys.files,
+                )?;
                 if let Some(p) = load.generated {
                     tracing::warn!(
                         path = %p.display(),
@@ -110,7 +114,11 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let gc_wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
@@ -164,5 +172,8 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    Server::builder(settings).build()?.serve(listener, shutdown).await
+    Server::builder(settings)
+        .build()?
+        .serve(listener, shutdown)
+        .await
 }

@@ -42,7 +42,12 @@ fn new_id() -> String {
 }
 
 impl Catalog {
-    pub fn new(settings: &Settings, index: Arc<dyn Index>, store: FragmentStore, clock: SharedClock) -> Self {
+    pub fn new(
+        settings: &Settings,
+        index: Arc<dyn Index>,
+        store: FragmentStore,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             index,
             store,
@@ -74,13 +79,20 @@ impl Catalog {
 
     /// Resolves `StreamName | StreamARN`. `arn_kind` is the error kind for a malformed
     /// ARN (`InvalidResourceFormat` on tag operations, `InvalidArgument` elsewhere).
-    pub async fn resolve(&self, name: Option<&str>, arn: Option<&str>, arn_kind: ErrorKind) -> Result<StreamRecord> {
+    pub async fn resolve(
+        &self,
+        name: Option<&str>,
+        arn: Option<&str>,
+        arn_kind: ErrorKind,
+    ) -> Result<StreamRecord> {
         let by_arn = match arn {
             Some(a) => Some(StreamArn::parse(a, arn_kind)?),
             None => None,
         };
         let name = match (name, &by_arn) {
-            (None, None) => return Err(Error::invalid("either StreamName or StreamARN is required")),
+            (None, None) => {
+                return Err(Error::invalid("either StreamName or StreamARN is required"));
+            }
             (Some(n), Some(a)) if n != a.name.as_str() => {
                 return Err(Error::invalid(format!(
                     "StreamName and StreamARN name different streams: name={n} arn_name={}",
@@ -93,10 +105,15 @@ impl Catalog {
         let rec = self.index.get_stream(&name).await?;
         let rec = rec.ok_or_else(|| Error::stream_not_found(name.as_str()))?;
         if let Some(a) = by_arn
-            && (a.creation_ms != rec.creation_ms || a.region != self.region || a.account != self.account_id)
+            && (a.creation_ms != rec.creation_ms
+                || a.region != self.region
+                || a.account != self.account_id)
         {
             // Same name, other incarnation or other region/account: not this stream.
-            return Err(Error::not_found(format!("stream not found: arn={}", arn.unwrap_or_default())));
+            return Err(Error::not_found(format!(
+                "stream not found: arn={}",
+                arn.unwrap_or_default()
+            )));
         }
         Ok(rec)
     }
@@ -152,16 +169,27 @@ impl Catalog {
                 self.max_streams,
             )
             .await?;
-        self.keys.lock().expect("key cache").insert(stream_id, Arc::new(dek));
+        self.keys
+            .lock()
+            .expect("key cache")
+            .insert(stream_id, Arc::new(dek));
         Ok(rec)
     }
 
     /// Applies a version-checked metadata change.
-    pub async fn update(&self, s: &StreamRecord, expected_version: Option<&str>, update: StreamUpdate) -> Result<StreamRecord> {
+    pub async fn update(
+        &self,
+        s: &StreamRecord,
+        expected_version: Option<&str>,
+        update: StreamUpdate,
+    ) -> Result<StreamRecord> {
         if let Some(v) = expected_version {
             model::check_version(v)?;
         }
-        Ok(self.index.update_stream(&s.stream_id, expected_version, update, &new_id()).await?)
+        Ok(self
+            .index
+            .update_stream(&s.stream_id, expected_version, update, &new_id())
+            .await?)
     }
 
     /// DeleteStream: the data key is destroyed and the rows removed in one transaction;
@@ -170,7 +198,9 @@ impl Catalog {
         if let Some(v) = expected_version {
             model::check_version(v)?;
         }
-        self.index.delete_stream(&s.stream_id, expected_version, self.clock.now_ms()).await?;
+        self.index
+            .delete_stream(&s.stream_id, expected_version, self.clock.now_ms())
+            .await?;
         self.keys.lock().expect("key cache").remove(&s.stream_id);
         Ok(())
     }
@@ -186,7 +216,10 @@ impl Catalog {
             .unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key)
             .map_err(|e| Error::internal(e.to_string()))?;
         let k = Arc::new(k);
-        self.keys.lock().expect("key cache").insert(s.stream_id.clone(), k.clone());
+        self.keys
+            .lock()
+            .expect("key cache")
+            .insert(s.stream_id.clone(), k.clone());
         Ok(k)
     }
 }

@@ -78,8 +78,13 @@ struct CreateStreamInput {
     tags: Option<BTreeMap<String, String>>,
 }
 
-async fn create_stream(State(state): State<AppState>, KvsJson(i): KvsJson<CreateStreamInput>) -> Result<Json<Value>> {
-    let name = i.stream_name.ok_or_else(|| Error::invalid("StreamName is required"))?;
+async fn create_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<CreateStreamInput>,
+) -> Result<Json<Value>> {
+    let name = i
+        .stream_name
+        .ok_or_else(|| Error::invalid("StreamName is required"))?;
     let s = state
         .catalog
         .create(CreateStream {
@@ -103,10 +108,17 @@ struct StreamRef {
     stream_arn: Option<String>,
 }
 
-async fn describe_stream(State(state): State<AppState>, KvsJson(i): KvsJson<StreamRef>) -> Result<Json<Value>> {
+async fn describe_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<StreamRef>,
+) -> Result<Json<Value>> {
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     Ok(Json(json!({ "StreamInfo": stream_info(&state, &s) })))
 }
@@ -139,10 +151,15 @@ fn decode_token(token: &str) -> Result<String> {
     String::from_utf8(raw).map_err(|_| bad())
 }
 
-async fn list_streams(State(state): State<AppState>, KvsJson(i): KvsJson<ListStreamsInput>) -> Result<Json<Value>> {
+async fn list_streams(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<ListStreamsInput>,
+) -> Result<Json<Value>> {
     let limit = i.max_results.unwrap_or(10_000);
     if !(1..=10_000).contains(&limit) {
-        return Err(Error::invalid(format!("MaxResults must be between 1 and 10000: value={limit}")));
+        return Err(Error::invalid(format!(
+            "MaxResults must be between 1 and 10000: value={limit}"
+        )));
     }
     let prefix = match i.stream_name_condition {
         Some(c) => {
@@ -164,7 +181,12 @@ async fn list_streams(State(state): State<AppState>, KvsJson(i): KvsJson<ListStr
         }
         None => None,
     };
-    let after = i.next_token.as_deref().filter(|t| !t.is_empty()).map(decode_token).transpose()?;
+    let after = i
+        .next_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(decode_token)
+        .transpose()?;
     let limit = limit as usize;
     let mut page = state
         .catalog
@@ -196,7 +218,10 @@ fn required_version(v: Option<String>) -> Result<String> {
     v.ok_or_else(|| Error::invalid("CurrentVersion is required"))
 }
 
-async fn update_stream(State(state): State<AppState>, KvsJson(i): KvsJson<UpdateStreamInput>) -> Result<Json<Value>> {
+async fn update_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<UpdateStreamInput>,
+) -> Result<Json<Value>> {
     let version = required_version(i.current_version)?;
     if let Some(d) = &i.device_name {
         model::check_name("DeviceName", d, 128)?;
@@ -206,7 +231,11 @@ async fn update_stream(State(state): State<AppState>, KvsJson(i): KvsJson<Update
     }
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     let update = StreamUpdate::Metadata {
         device_name: i.device_name,
@@ -224,10 +253,21 @@ struct DeleteStreamInput {
     current_version: Option<String>,
 }
 
-async fn delete_stream(State(state): State<AppState>, KvsJson(i): KvsJson<DeleteStreamInput>) -> Result<Json<Value>> {
-    let arn = i.stream_arn.ok_or_else(|| Error::invalid("StreamARN is required"))?;
-    let s = state.catalog.resolve(None, Some(&arn), ErrorKind::InvalidArgument).await?;
-    state.catalog.delete(&s, i.current_version.as_deref()).await?;
+async fn delete_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<DeleteStreamInput>,
+) -> Result<Json<Value>> {
+    let arn = i
+        .stream_arn
+        .ok_or_else(|| Error::invalid("StreamARN is required"))?;
+    let s = state
+        .catalog
+        .resolve(None, Some(&arn), ErrorKind::InvalidArgument)
+        .await?;
+    state
+        .catalog
+        .delete(&s, i.current_version.as_deref())
+        .await?;
     state.gc_wake.notify_one();
     tracing::info!(stream = %s.name, "stream deleted");
     Ok(Json(json!({})))
@@ -269,7 +309,11 @@ async fn update_data_retention(
     }
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     let hours = s.retention_hours.saturating_add(sign * change);
     if !(0..=MAX_RETENTION_HOURS).contains(&hours) {
@@ -295,18 +339,33 @@ struct TagStreamInput {
     tags: Option<BTreeMap<String, String>>,
 }
 
-async fn tag_stream(State(state): State<AppState>, KvsJson(i): KvsJson<TagStreamInput>) -> Result<Json<Value>> {
+async fn tag_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<TagStreamInput>,
+) -> Result<Json<Value>> {
     let tags = i.tags.ok_or_else(|| Error::invalid("Tags is required"))?;
     model::check_tags(&tags)?;
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidResourceFormat,
+        )
         .await?;
-    let after = s.tags.keys().chain(tags.keys()).collect::<std::collections::BTreeSet<_>>().len();
+    let after = s
+        .tags
+        .keys()
+        .chain(tags.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     if after > MAX_TAGS {
         return Err(Error::new(
             ErrorKind::TagsPerResourceExceededLimit,
-            format!("a stream can have at most {MAX_TAGS} tags: current={} after={after}", s.tags.len()),
+            format!(
+                "a stream can have at most {MAX_TAGS} tags: current={} after={after}",
+                s.tags.len()
+            ),
         ));
     }
     let update = StreamUpdate::Tags {
@@ -326,8 +385,13 @@ struct UntagStreamInput {
     tag_key_list: Option<Vec<String>>,
 }
 
-async fn untag_stream(State(state): State<AppState>, KvsJson(i): KvsJson<UntagStreamInput>) -> Result<Json<Value>> {
-    let keys = i.tag_key_list.ok_or_else(|| Error::invalid("TagKeyList is required"))?;
+async fn untag_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<UntagStreamInput>,
+) -> Result<Json<Value>> {
+    let keys = i
+        .tag_key_list
+        .ok_or_else(|| Error::invalid("TagKeyList is required"))?;
     if keys.is_empty() || keys.len() > MAX_TAGS {
         return Err(Error::invalid(format!(
             "TagKeyList must hold 1 to {MAX_TAGS} keys: count={}",
@@ -339,7 +403,11 @@ async fn untag_stream(State(state): State<AppState>, KvsJson(i): KvsJson<UntagSt
     }
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidResourceFormat,
+        )
         .await?;
     let update = StreamUpdate::Tags {
         set: BTreeMap::new(),
@@ -358,14 +426,26 @@ struct ListTagsInput {
     next_token: Option<String>,
 }
 
-async fn list_tags_for_stream(State(state): State<AppState>, KvsJson(i): KvsJson<ListTagsInput>) -> Result<Json<Value>> {
+async fn list_tags_for_stream(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<ListTagsInput>,
+) -> Result<Json<Value>> {
     let s = state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidResourceFormat)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidResourceFormat,
+        )
         .await?;
     // At most 50 tags exist, so one page always holds them all; a token from an
     // earlier page resumes after its key.
-    let after = i.next_token.as_deref().filter(|t| !t.is_empty()).map(decode_token).transpose()?;
+    let after = i
+        .next_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(decode_token)
+        .transpose()?;
     let tags: BTreeMap<_, _> = s
         .tags
         .into_iter()
@@ -388,13 +468,22 @@ async fn get_data_endpoint(
     State(state): State<AppState>,
     KvsJson(i): KvsJson<GetDataEndpointInput>,
 ) -> Result<Json<Value>> {
-    let api = i.api_name.ok_or_else(|| Error::invalid("APIName is required"))?;
+    let api = i
+        .api_name
+        .ok_or_else(|| Error::invalid("APIName is required"))?;
     if !API_NAMES.contains(&api.as_str()) {
-        return Err(Error::invalid(format!("APIName must be one of {}: value={api}", API_NAMES.join(", "))));
+        return Err(Error::invalid(format!(
+            "APIName must be one of {}: value={api}",
+            API_NAMES.join(", ")
+        )));
     }
     state
         .catalog
-        .resolve(i.stream_name.as_deref(), i.stream_arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     Ok(Json(json!({ "DataEndpoint": &*state.public_url })))
 }

@@ -16,8 +16,14 @@ pub fn wire(kind: ErrorKind) -> (StatusCode, &'static str) {
         ResourceNotFound => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
         ResourceInUse => (StatusCode::BAD_REQUEST, "ResourceInUseException"),
         VersionMismatch => (StatusCode::BAD_REQUEST, "VersionMismatchException"),
-        TagsPerResourceExceededLimit => (StatusCode::BAD_REQUEST, "TagsPerResourceExceededLimitException"),
-        AccountStreamLimitExceeded => (StatusCode::BAD_REQUEST, "AccountStreamLimitExceededException"),
+        TagsPerResourceExceededLimit => (
+            StatusCode::BAD_REQUEST,
+            "TagsPerResourceExceededLimitException",
+        ),
+        AccountStreamLimitExceeded => (
+            StatusCode::BAD_REQUEST,
+            "AccountStreamLimitExceededException",
+        ),
         ClientLimitExceeded => (StatusCode::BAD_REQUEST, "ClientLimitExceededException"),
         ConnectionLimitExceeded => (StatusCode::BAD_REQUEST, "ConnectionLimitExceededException"),
         InvalidResourceFormat => (StatusCode::BAD_REQUEST, "InvalidResourceFormatException"),
@@ -39,7 +45,10 @@ impl IntoResponse for Error {
         let body = serde_json::json!({ "__type": name, "Message": self.message }).to_string();
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert("x-amzn-ErrorType", HeaderValue::from_static(name));
         resp.extensions_mut().insert(LoggedError(self));
         resp

@@ -18,12 +18,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for KvsJson<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.settings.max_json_body_bytes;
-        let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("request body unreadable or larger than {limit} bytes: {e}"),
-            )
-        })?;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("request body unreadable or larger than {limit} bytes: {e}"),
+                )
+            })?;
         parse_json(&body).map(KvsJson)
     }
 }
@@ -31,7 +33,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for KvsJson<T> {
 /// Parses a JSON body; an empty body counts as `{}` (some clients send nothing for
 /// operations without members).
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
-    let text: &[u8] = if body.iter().all(|b| b.is_ascii_whitespace()) { b"{}" } else { body };
+    let text: &[u8] = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        b"{}"
+    } else {
+        body
+    };
     serde_json::from_slice(text).map_err(|e| {
         Error::new(
             ErrorKind::Serialization,

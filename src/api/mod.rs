@@ -9,12 +9,12 @@ pub mod json;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
@@ -106,7 +106,8 @@ async fn observe(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
     metrics::counter!(crate::metrics::REQUESTS, "operation" => op.clone(), "status" => status.to_string()).increment(1);
-    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => op).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "operation" => op)
+        .record(started.elapsed().as_secs_f64());
     if let Some(error::LoggedError(e)) = resp.extensions().get::<error::LoggedError>() {
         if e.kind == ErrorKind::Internal {
             tracing::error!(%request_id, %method, %path, status, error = %e.message, "request failed");

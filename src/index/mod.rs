@@ -177,7 +177,12 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>>;
     async fn get_stream_by_id(&self, stream_id: &str) -> IndexResult<Option<StreamRecord>>;
     /// Streams in name order, after `after` (exclusive), names starting with `prefix`.
-    async fn list_streams(&self, prefix: Option<&str>, after: Option<&str>, limit: usize) -> IndexResult<Vec<StreamRecord>>;
+    async fn list_streams(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> IndexResult<Vec<StreamRecord>>;
     /// Applies `update` if `expected_version` (when given) matches; sets `new_version`.
     async fn update_stream(
         &self,
@@ -188,19 +193,33 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     ) -> IndexResult<StreamRecord>;
     /// Deletes the stream in one transaction: its wrapped data key goes first
     /// (crypto-shred), its rows go, and one garbage row records its object prefix.
-    async fn delete_stream(&self, stream_id: &str, expected_version: Option<&str>, now_ms: EpochMillis) -> IndexResult<()>;
+    async fn delete_stream(
+        &self,
+        stream_id: &str,
+        expected_version: Option<&str>,
+        now_ms: EpochMillis,
+    ) -> IndexResult<()>;
     async fn stream_count(&self) -> IndexResult<u64>;
 
     /// Reserves `count` fragment sequence numbers, durably; returns the first. Numbers
     /// handed out are never handed out again, even after a crash.
     async fn reserve_fragment_seqs(&self, stream_id: &str, count: u64) -> IndexResult<u64>;
     async fn insert_session(&self, s: SessionRecord) -> IndexResult<()>;
-    async fn get_session(&self, stream_id: &str, session_id: u64) -> IndexResult<Option<SessionRecord>>;
+    async fn get_session(
+        &self,
+        stream_id: &str,
+        session_id: u64,
+    ) -> IndexResult<Option<SessionRecord>>;
     /// Commits a fragment row (durable on return).
     async fn insert_fragment(&self, f: FragmentRecord) -> IndexResult<()>;
     async fn get_fragment(&self, stream_id: &str, seq: u64) -> IndexResult<Option<FragmentRecord>>;
     /// Fragments with `seq > after_seq`, in sequence order.
-    async fn fragments_after(&self, stream_id: &str, after_seq: Option<u64>, limit: usize) -> IndexResult<Vec<FragmentRecord>>;
+    async fn fragments_after(
+        &self,
+        stream_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>>;
     /// Fragments whose `kind` timestamp lies in `[start, end]`, ordered by
     /// (timestamp, seq), strictly after the cursor `after` when given.
     async fn fragments_in_range(
@@ -215,7 +234,11 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     /// The last fragment of the stream, if any.
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>>;
     /// Every fragment row, in (stream_id, seq) order after the cursor; for `check`.
-    async fn scan_fragments(&self, after: Option<(String, u64)>, limit: usize) -> IndexResult<Vec<FragmentRecord>>;
+    async fn scan_fragments(
+        &self,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>>;
     /// Ids of every live stream; for `check` and orphan detection.
     async fn stream_ids(&self) -> IndexResult<Vec<String>>;
 

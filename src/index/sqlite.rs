@@ -77,7 +77,8 @@ fn db_err(e: impl std::fmt::Display) -> IndexError {
 
 fn open_conn(path: &Path) -> IndexResult<Connection> {
     let c = Connection::open(path).map_err(db_err)?;
-    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err)?;
     c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
         .map_err(db_err)?;
     Ok(c)
@@ -133,7 +134,9 @@ impl SqliteIndex {
 }
 
 fn migrate(c: &mut Connection) -> IndexResult<()> {
-    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    let current: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
     if current as usize > MIGRATIONS.len() {
         return Err(IndexError::Db(format!(
             "index schema version {current} is newer than this binary supports ({})",
@@ -143,7 +146,8 @@ fn migrate(c: &mut Connection) -> IndexResult<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = c.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(db_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
     }
     Ok(())
@@ -156,7 +160,11 @@ fn stream_from_row(r: &Row) -> rusqlite::Result<StreamRecord> {
     Ok(StreamRecord {
         stream_id: r.get(0)?,
         name: StreamName::parse(&name).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.message.into())
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                e.message.into(),
+            )
         })?,
         device_name: r.get(2)?,
         media_type: r.get(3)?,
@@ -175,7 +183,9 @@ fn load_tags(c: &Connection, s: &mut StreamRecord) -> IndexResult<()> {
         .prepare_cached("SELECT tag_key, tag_value FROM stream_tags WHERE stream_id = ?1")
         .map_err(db_err)?;
     let rows = st
-        .query_map([&s.stream_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .query_map([&s.stream_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
         .map_err(db_err)?;
     for row in rows {
         let (k, v) = row.map_err(db_err)?;
@@ -216,7 +226,11 @@ fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
     })
 }
 
-fn query_fragments(c: &Connection, sql: &str, args: impl rusqlite::Params) -> IndexResult<Vec<FragmentRecord>> {
+fn query_fragments(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> IndexResult<Vec<FragmentRecord>> {
     let mut st = c.prepare_cached(sql).map_err(db_err)?;
     let rows = st.query_map(args, fragment_from_row).map_err(db_err)?;
     rows.collect::<Result<_, _>>().map_err(db_err)
@@ -299,7 +313,12 @@ impl Index for SqliteIndex {
         self.read(move |c| stream_where(c, "stream_id", &id)).await
     }
 
-    async fn list_streams(&self, prefix: Option<&str>, after: Option<&str>, limit: usize) -> IndexResult<Vec<StreamRecord>> {
+    async fn list_streams(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> IndexResult<Vec<StreamRecord>> {
         let prefix = prefix.unwrap_or("").to_owned();
         let after = after.unwrap_or("").to_owned();
         self.read(move |c| {
@@ -375,7 +394,12 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn delete_stream(&self, stream_id: &str, expected_version: Option<&str>, now_ms: EpochMillis) -> IndexResult<()> {
+    async fn delete_stream(
+        &self,
+        stream_id: &str,
+        expected_version: Option<&str>,
+        now_ms: EpochMillis,
+    ) -> IndexResult<()> {
         let (id, expected) = (stream_id.to_owned(), expected_version.map(str::to_owned));
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
@@ -399,7 +423,9 @@ impl Index for SqliteIndex {
 
     async fn stream_count(&self) -> IndexResult<u64> {
         self.read(|c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0)).map_err(db_err)?;
+            let n: i64 = c
+                .query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0))
+                .map_err(db_err)?;
             Ok(n as u64)
         })
         .await
@@ -410,7 +436,11 @@ impl Index for SqliteIndex {
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
             let first: Option<i64> = tx
-                .query_row("SELECT seq_reserved FROM streams WHERE stream_id = ?1", [&id], |r| r.get(0))
+                .query_row(
+                    "SELECT seq_reserved FROM streams WHERE stream_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db_err)?;
             let first = first.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
@@ -437,7 +467,11 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn get_session(&self, stream_id: &str, session_id: u64) -> IndexResult<Option<SessionRecord>> {
+    async fn get_session(
+        &self,
+        stream_id: &str,
+        session_id: u64,
+    ) -> IndexResult<Option<SessionRecord>> {
         let id = stream_id.to_owned();
         self.read(move |c| {
             c.query_row(
@@ -505,7 +539,12 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn fragments_after(&self, stream_id: &str, after_seq: Option<u64>, limit: usize) -> IndexResult<Vec<FragmentRecord>> {
+    async fn fragments_after(
+        &self,
+        stream_id: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>> {
         let id = stream_id.to_owned();
         let after = after_seq.map(|s| s as i64).unwrap_or(-1);
         self.read(move |c| {
@@ -559,8 +598,14 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn scan_fragments(&self, after: Option<(String, u64)>, limit: usize) -> IndexResult<Vec<FragmentRecord>> {
-        let (aid, aseq) = after.map(|(a, s)| (a, s as i64)).unwrap_or((String::new(), -1));
+    async fn scan_fragments(
+        &self,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentRecord>> {
+        let (aid, aseq) = after
+            .map(|(a, s)| (a, s as i64))
+            .unwrap_or((String::new(), -1));
         self.read(move |c| {
             query_fragments(
                 c,
@@ -576,7 +621,9 @@ impl Index for SqliteIndex {
 
     async fn stream_ids(&self) -> IndexResult<Vec<String>> {
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT stream_id FROM streams ORDER BY stream_id").map_err(db_err)?;
+            let mut st = c
+                .prepare_cached("SELECT stream_id FROM streams ORDER BY stream_id")
+                .map_err(db_err)?;
             let rows = st.query_map([], |r| r.get(0)).map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
         })
@@ -605,7 +652,8 @@ impl Index for SqliteIndex {
 
     async fn drop_garbage(&self, id: i64) -> IndexResult<()> {
         self.write(move |c| {
-            c.execute("DELETE FROM garbage WHERE id = ?1", [id]).map_err(db_err)?;
+            c.execute("DELETE FROM garbage WHERE id = ?1", [id])
+                .map_err(db_err)?;
             Ok(())
         })
         .await
@@ -657,18 +705,32 @@ mod tests {
         {
             let idx = SqliteIndex::open(&p).unwrap();
             idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
-            let e = idx.create_stream(new_stream("cam1", A), 10).await.unwrap_err();
+            let e = idx
+                .create_stream(new_stream("cam1", A), 10)
+                .await
+                .unwrap_err();
             assert!(matches!(e, IndexError::StreamExists(_)));
             let e = idx
-                .update_stream(A, Some("stale"), StreamUpdate::Retention { hours: 48 }, "v2")
+                .update_stream(
+                    A,
+                    Some("stale"),
+                    StreamUpdate::Retention { hours: 48 },
+                    "v2",
+                )
                 .await
                 .unwrap_err();
             assert!(matches!(e, IndexError::VersionMismatch { .. }));
-            idx.update_stream(A, Some("v1"), StreamUpdate::Retention { hours: 48 }, "v2").await.unwrap();
+            idx.update_stream(A, Some("v1"), StreamUpdate::Retention { hours: 48 }, "v2")
+                .await
+                .unwrap();
             idx.close();
         }
         let idx = SqliteIndex::open(&p).unwrap();
-        let s = idx.get_stream(&StreamName::parse("cam1").unwrap()).await.unwrap().unwrap();
+        let s = idx
+            .get_stream(&StreamName::parse("cam1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((s.retention_hours, s.version.as_str()), (48, "v2"));
         assert_eq!(s.tags.get("a").map(String::as_str), Some("b"));
     }
@@ -699,7 +761,10 @@ mod tests {
         assert_eq!(page.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(idx.fragments_after(A, Some(2), 1).await.unwrap()[0].seq, 3);
         assert_eq!(idx.last_fragment(A).await.unwrap().unwrap().seq, 4);
-        assert_eq!(idx.get_fragment(A, 3).await.unwrap().unwrap().metadata, vec![("n".into(), "v".into())]);
+        assert_eq!(
+            idx.get_fragment(A, 3).await.unwrap().unwrap().metadata,
+            vec![("n".into(), "v".into())]
+        );
         idx.delete_stream(A, None, 5).await.unwrap();
         assert!(idx.get_fragment(A, 3).await.unwrap().is_none());
         let g = idx.list_garbage(10).await.unwrap();
@@ -714,14 +779,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
         for (i, n) in ["cam-a", "cam-b", "door", "cam-c"].iter().enumerate() {
-            idx.create_stream(new_stream(n, &format!("{i:032x}")), 10).await.unwrap();
+            idx.create_stream(new_stream(n, &format!("{i:032x}")), 10)
+                .await
+                .unwrap();
         }
         let l = idx.list_streams(Some("cam-"), None, 2).await.unwrap();
-        assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["cam-a", "cam-b"]);
-        let l = idx.list_streams(Some("cam-"), Some("cam-b"), 2).await.unwrap();
-        assert_eq!(l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["cam-c"]);
+        assert_eq!(
+            l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["cam-a", "cam-b"]
+        );
+        let l = idx
+            .list_streams(Some("cam-"), Some("cam-b"), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["cam-c"]
+        );
         assert!(matches!(
-            idx.create_stream(new_stream("x", &format!("{:032x}", 99)), 4).await,
+            idx.create_stream(new_stream("x", &format!("{:032x}", 99)), 4)
+                .await,
             Err(IndexError::StreamLimit(4))
         ));
     }

@@ -185,7 +185,9 @@ pub(super) fn sample_stream() -> Vec<u8> {
     write_element(&mut d, ids::VOID, &[0; 3]);
     write_tags(&mut d, &[("AWS_KINESISVIDEO_END_OF_FRAGMENT", "")]);
     let blk = Bytes::from(simple_block(1, 0, 0x80, b"k2"));
-    d.extend_from_slice(&build_cluster(6000, &[blk]));
+    let mut prev = Vec::new();
+    write_uint(&mut prev, ids::PREV_SIZE, 1234);
+    d.extend_from_slice(&build_cluster(6000, &[Bytes::from(prev), blk]));
     write_element(&mut d, ids::CUES, &[0xBB, 0x80]);
     d
 }
@@ -199,7 +201,7 @@ fn sample_stream_events() {
         kinds(&evs),
         [
             "ebml", "seg", "top", "top", "cl", "tc", "child", "block", "block", "child", "/cl",
-            "top", "cl", "tc", "block", "/cl", "skip", "/seg"
+            "top", "cl", "tc", "child", "block", "/cl", "skip", "/seg"
         ]
     );
     let Event::Block(b) = &evs[7] else { panic!() };

@@ -59,18 +59,31 @@ impl SecretKey {
 
     fn random() -> Result<(Self, [u8; 32]), CryptoError> {
         let mut raw = [0u8; 32];
-        SystemRandom::new().fill(&mut raw).map_err(|_| CryptoError::Rng)?;
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| CryptoError::Rng)?;
         Ok((Self::from_bytes(&raw)?, raw))
     }
 
-    fn seal(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<[u8; NONCE_LEN], CryptoError> {
+    fn seal(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<[u8; NONCE_LEN], CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| CryptoError::Rng)?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| CryptoError::Rng)?;
         let start = out.len();
         out.extend_from_slice(plaintext);
         let tag = self
             .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[start..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
             .map_err(|_| CryptoError::Rng)?;
         out.extend_from_slice(tag.as_ref());
         Ok(nonce)
@@ -154,8 +167,15 @@ impl Keyring {
 
     /// Creates a data key for `stream_id` and returns it with its wrapped form
     /// (`nonce | ciphertext | tag`), to be stored in the index.
-    pub fn new_data_key(&self, key_id: &str, stream_id: &str) -> Result<(DataKey, Vec<u8>), CryptoError> {
-        let master = self.keys.get(key_id).ok_or_else(|| CryptoError::UnknownKey(key_id.into()))?;
+    pub fn new_data_key(
+        &self,
+        key_id: &str,
+        stream_id: &str,
+    ) -> Result<(DataKey, Vec<u8>), CryptoError> {
+        let master = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.into()))?;
         let (dek, raw) = SecretKey::random()?;
         let mut wrapped = Vec::with_capacity(NONCE_LEN + 32 + TAG_LEN);
         wrapped.extend_from_slice(&[0u8; NONCE_LEN]);
@@ -172,17 +192,27 @@ impl Keyring {
     }
 
     /// Unwraps a stream's data key.
-    pub fn unwrap_data_key(&self, key_id: &str, stream_id: &str, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
-        let master = self.keys.get(key_id).ok_or_else(|| CryptoError::UnknownKey(key_id.into()))?;
+    pub fn unwrap_data_key(
+        &self,
+        key_id: &str,
+        stream_id: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey, CryptoError> {
+        let master = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.into()))?;
         if wrapped.len() != NONCE_LEN + 32 + TAG_LEN {
-            return Err(CryptoError::Integrity(format!("wrapped data key has bad length: stream_id={stream_id}")));
+            return Err(CryptoError::Integrity(format!(
+                "wrapped data key has bad length: stream_id={stream_id}"
+            )));
         }
         let (nonce, rest) = wrapped.split_at(NONCE_LEN);
         let mut buf = rest.to_vec();
         let aad = [WRAP_AAD, stream_id.as_bytes()].concat();
-        let n = master
-            .open(nonce, &aad, &mut buf)
-            .map_err(|_| CryptoError::Integrity(format!("data key does not unwrap: stream_id={stream_id}")))?;
+        let n = master.open(nonce, &aad, &mut buf).map_err(|_| {
+            CryptoError::Integrity(format!("data key does not unwrap: stream_id={stream_id}"))
+        })?;
         let key = SecretKey::from_bytes(&buf[..n])?;
         Ok(DataKey {
             stream_id: stream_id.to_owned(),
@@ -205,7 +235,12 @@ impl DataKey {
 
     /// Seals `plaintext` as an object of `kind` whose identity is `identity`
     /// (e.g. the fragment sequence number).
-    pub fn seal(&self, kind: BlobKind, identity: u64, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(
+        &self,
+        kind: BlobKind,
+        identity: u64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let header_len = 7 + self.stream_id.len() + NONCE_LEN;
         let mut out = Vec::with_capacity(header_len + plaintext.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
@@ -225,8 +260,18 @@ impl DataKey {
     }
 
     /// Opens a sealed object; any change to it, or a different identity, fails.
-    pub fn open(&self, kind: BlobKind, identity: u64, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let what = || format!("stream_id={} kind={kind:?} identity={identity}", self.stream_id);
+    pub fn open(
+        &self,
+        kind: BlobKind,
+        identity: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let what = || {
+            format!(
+                "stream_id={} kind={kind:?} identity={identity}",
+                self.stream_id
+            )
+        };
         let bad = |why: &str| CryptoError::Integrity(format!("{why}: {}", what()));
         if sealed.len() < 7 || &sealed[..4] != MAGIC {
             return Err(bad("not a streamvault object (bad magic)"));
@@ -248,7 +293,10 @@ impl DataKey {
         let aad = self.aad(&sealed[..header_len - NONCE_LEN], identity);
         let nonce = &sealed[header_len - NONCE_LEN..header_len];
         let mut buf = sealed[header_len..].to_vec();
-        let n = self.key.open(nonce, &aad, &mut buf).map_err(|_| bad("authentication failed"))?;
+        let n = self
+            .key
+            .open(nonce, &aad, &mut buf)
+            .map_err(|_| bad("authentication failed"))?;
         buf.truncate(n);
         Ok(buf)
     }
@@ -274,11 +322,16 @@ fn read_key_file(path: &Path) -> Result<SecretKey, CryptoError> {
         reason,
     };
     let raw = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let trimmed: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let trimmed: Vec<u8> = raw
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let bytes = if raw.len() == 32 {
         raw
     } else if trimmed.len() == 64 {
-        hex::decode(&trimmed).map_err(|_| err("expected 32 raw bytes or 64 hex characters".into()))?
+        hex::decode(&trimmed)
+            .map_err(|_| err("expected 32 raw bytes or 64 hex characters".into()))?
     } else {
         return Err(err("expected 32 raw bytes or 64 hex characters".into()));
     };
@@ -295,7 +348,9 @@ fn generate_key_file(path: &Path) -> Result<(), CryptoError> {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
     let mut raw = [0u8; 32];
-    SystemRandom::new().fill(&mut raw).map_err(|_| CryptoError::Rng)?;
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| CryptoError::Rng)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -304,7 +359,8 @@ fn generate_key_file(path: &Path) -> Result<(), CryptoError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-    f.write_all(hex::encode(raw).as_bytes()).map_err(|e| err(e.to_string()))?;
+    f.write_all(hex::encode(raw).as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     f.sync_all().map_err(|e| err(e.to_string()))?;
     Ok(())
 }
@@ -323,10 +379,16 @@ mod tests {
         let sealed = dek.seal(BlobKind::Fragment, 7, b"hello fragment").unwrap();
         assert_eq!(sealed.len() as u64, 14 + sealed_overhead(SID.len()));
         let dek2 = ring.unwrap_data_key("k1", SID, &wrapped).unwrap();
-        assert_eq!(dek2.open(BlobKind::Fragment, 7, &sealed).unwrap(), b"hello fragment");
+        assert_eq!(
+            dek2.open(BlobKind::Fragment, 7, &sealed).unwrap(),
+            b"hello fragment"
+        );
         // The wrapped key is bound to its stream.
         assert!(ring.unwrap_data_key("k1", SID2, &wrapped).is_err());
-        assert!(matches!(ring.new_data_key("nope", SID), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            ring.new_data_key("nope", SID),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 
     #[test]
@@ -338,10 +400,16 @@ mod tests {
             for bit in 0..8 {
                 let mut t = sealed.clone();
                 t[i] ^= 1 << bit;
-                assert!(dek.open(BlobKind::Fragment, 1, &t).is_err(), "byte {i} bit {bit}");
+                assert!(
+                    dek.open(BlobKind::Fragment, 1, &t).is_err(),
+                    "byte {i} bit {bit}"
+                );
             }
         }
-        assert!(dek.open(BlobKind::Fragment, 1, &sealed[..sealed.len() - 1]).is_err());
+        assert!(
+            dek.open(BlobKind::Fragment, 1, &sealed[..sealed.len() - 1])
+                .is_err()
+        );
     }
 
     #[test]
@@ -364,7 +432,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let (dek, wrapped) = ring.new_data_key("default", SID).unwrap();
         let sealed = dek.seal(BlobKind::Fragment, 3, b"x").unwrap();

@@ -16,7 +16,10 @@ const SUFFIX: &str = ".mkv.sv";
 
 /// Whether `id` is a well-formed stream id (32 lowercase hex digits).
 pub fn is_stream_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Prefix holding every object of a stream.
@@ -63,7 +66,10 @@ mod tests {
             "streams/0123456789abcdef0123456789abcdef/fragments/00000000000000000042.mkv.sv"
         );
         assert_eq!(parse_fragment_key(&k), Some((id.to_owned(), 42)));
-        assert_eq!(parse_fragment_key(&Path::from("streams/x/fragments/1.mkv.sv")), None);
+        assert_eq!(
+            parse_fragment_key(&Path::from("streams/x/fragments/1.mkv.sv")),
+            None
+        );
         assert!(k.prefix_matches(&stream_prefix(id)));
     }
 }

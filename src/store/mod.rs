@@ -30,7 +30,9 @@ pub enum StoreError {
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(k) => crate::error::Error::not_found(format!("fragment data not found: key={k}")),
+            StoreError::NotFound(k) => {
+                crate::error::Error::not_found(format!("fragment data not found: key={k}"))
+            }
             other => crate::error::Error::internal(other.to_string()),
         }
     }
@@ -69,7 +71,12 @@ impl FragmentStore {
 
     /// Encrypts and writes one fragment. Returns once the object is durable (the local
     /// backend fsyncs file and directory; S3 returns after the PUT completes).
-    pub async fn put_fragment(&self, key: &DataKey, seq: u64, plaintext: &[u8]) -> Result<StoredObject, StoreError> {
+    pub async fn put_fragment(
+        &self,
+        key: &DataKey,
+        seq: u64,
+        plaintext: &[u8],
+    ) -> Result<StoredObject, StoreError> {
         let sealed = key.seal(BlobKind::Fragment, seq, plaintext)?;
         let path = keys::fragment_key(key.stream_id(), seq);
         let size = sealed.len() as u64;
@@ -91,7 +98,9 @@ impl FragmentStore {
     pub async fn get_raw(&self, path: &Path) -> Result<Bytes, StoreError> {
         match self.objects.get(path).await {
             Ok(r) => Ok(r.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(path.to_string())),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StoreError::NotFound(path.to_string()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -182,7 +191,9 @@ mod tests {
     const SID: &str = "0123456789abcdef0123456789abcdef";
 
     fn local_store(dir: &std::path::Path) -> FragmentStore {
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap().with_fsync(true);
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .unwrap()
+            .with_fsync(true);
         FragmentStore::new(Arc::new(fs), Arc::new(Keyring::ephemeral("k")))
     }
 
@@ -193,8 +204,14 @@ mod tests {
         let (dek, _) = store.keyring().new_data_key("k", SID).unwrap();
         let put = store.put_fragment(&dek, 5, b"cluster bytes").await.unwrap();
         assert_eq!(store.head_size(&put.key).await.unwrap(), Some(put.size));
-        assert_eq!(&store.get_fragment(&dek, 5).await.unwrap()[..], b"cluster bytes");
-        assert!(matches!(store.get_fragment(&dek, 6).await, Err(StoreError::NotFound(_))));
+        assert_eq!(
+            &store.get_fragment(&dek, 5).await.unwrap()[..],
+            b"cluster bytes"
+        );
+        assert!(matches!(
+            store.get_fragment(&dek, 6).await,
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(store.list(Some(SID)).await.unwrap().len(), 1);
         assert_eq!(store.delete_stream_objects(SID).await.unwrap(), 1);
         assert!(store.list(None).await.unwrap().is_empty());
@@ -211,13 +228,19 @@ mod tests {
         let pa = dir.path().join(&a.key);
         let pb = dir.path().join(&b.key);
         std::fs::copy(&pa, &pb).unwrap();
-        assert!(matches!(store.get_fragment(&dek, 2).await, Err(StoreError::Crypto(CryptoError::Integrity(_)))));
+        assert!(matches!(
+            store.get_fragment(&dek, 2).await,
+            Err(StoreError::Crypto(CryptoError::Integrity(_)))
+        ));
         // Flip one bit in the middle of fragment 1.
         let mut bytes = std::fs::read(&pa).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x10;
         std::fs::write(&pa, &bytes).unwrap();
-        assert!(matches!(store.get_fragment(&dek, 1).await, Err(StoreError::Crypto(CryptoError::Integrity(_)))));
+        assert!(matches!(
+            store.get_fragment(&dek, 1).await,
+            Err(StoreError::Crypto(CryptoError::Integrity(_)))
+        ));
     }
 
     #[tokio::test]
@@ -234,6 +257,10 @@ mod tests {
             .arg(dir.path())
             .status()
             .unwrap();
-        assert_eq!(status.code(), Some(1), "grep found the marker (or failed) under the data dir");
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "grep found the marker (or failed) under the data dir"
+        );
     }
 }

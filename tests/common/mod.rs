@@ -33,7 +33,9 @@ impl TestServer {
         settings.data_dir = data_dir.clone();
         settings.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
-        let listener = tokio::net::TcpListener::bind(settings.listen).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(streamvault::server::run(listener, settings, async {
@@ -91,7 +93,12 @@ impl TestServer {
 }
 
 /// Minimal HTTP/1.1 request over a TCP socket (no client crate needed).
-pub async fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+pub async fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!(
@@ -104,11 +111,24 @@ pub async fn raw_http(addr: SocketAddr, method: &str, path: &str, body: &str) ->
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
         .collect();
-    let body = if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    let body = if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         dechunk(rest)
     } else {
         rest.to_owned()
