@@ -309,6 +309,11 @@ impl Settings {
         }
         crate::model::check_name("keys.default_key_id", &self.keys.default_key_id, 128)
             .map_err(|e| ConfigError::Invalid(e.message))?;
+        if self.ingest.memory_budget_bytes < 2 * self.ingest.max_fragment_bytes {
+            return Err(ConfigError::Invalid(
+                "ingest.memory_budget_bytes must be at least twice ingest.max_fragment_bytes".into(),
+            ));
+        }
         if self.ingest.max_tracks == 0 || self.ingest.max_connections_per_stream == 0 {
             return Err(ConfigError::Invalid(
                 "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),

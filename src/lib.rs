@@ -16,6 +16,7 @@ pub mod error;
 pub mod fragmenter;
 pub mod gc;
 pub mod index;
+pub mod ingest;
 pub mod metrics;
 pub mod mkv;
 pub mod model;

@@ -34,3 +34,18 @@ pub fn handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// PutMedia bytes received.
+pub const INGEST_BYTES: &str = "streamvault_ingest_bytes_total";
+/// Fragments persisted (PERSISTED sent, or stored for retention-0 streams: never).
+pub const INGEST_FRAGMENTS: &str = "streamvault_ingest_fragments_persisted_total";
+/// ERROR acks by ErrorId.
+pub const INGEST_ERRORS: &str = "streamvault_ingest_errors_total";
+/// Open PutMedia sessions.
+pub const INGEST_SESSIONS: &str = "streamvault_ingest_sessions";
+/// Seconds from BUFFERING to PERSISTED.
+pub const ACK_BUFFERING_TO_PERSISTED: &str = "streamvault_ack_buffering_to_persisted_seconds";
+/// Seconds from fragment close (RECEIVED) to PERSISTED.
+pub const ACK_CLOSE_TO_PERSISTED: &str = "streamvault_ack_close_to_persisted_seconds";
+/// Acks dropped because the client did not read them.
+pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";

@@ -17,6 +17,7 @@ use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::gc::Sweeper;
+use crate::ingest::Ingest;
 use crate::index::sqlite::SqliteIndex;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
@@ -128,6 +129,8 @@ impl Server {
             catalog: self.catalog.clone(),
             metrics: crate::metrics::handle(),
             gc_wake: gc_wake.clone(),
+            ingest: Arc::new(Ingest::new(self.settings.ingest.clone())),
+            shutdown: stop.clone(),
         };
         let sweeper = Sweeper {
             index: self.index.clone(),

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod error;
 pub mod json;
+pub mod put_media;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,9 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind};
+use crate::ingest::Ingest;
 use crate::streams::Catalog;
 
 /// Shared state of every handler.
@@ -32,6 +35,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Wakes the garbage sweeper (after DeleteStream).
     pub gc_wake: Arc<Notify>,
+    /// PutMedia runtime state.
+    pub ingest: Arc<Ingest>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -64,6 +71,7 @@ const NOT_IMPLEMENTED: &[&str] = &[
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(control::router())
+        .merge(put_media::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn(observe))

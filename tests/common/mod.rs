@@ -152,3 +152,287 @@ fn dechunk(mut s: &str) -> String {
 pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// What a PutMedia upload got back.
+#[derive(Debug, Default)]
+pub struct PutResult {
+    pub status: u16,
+    pub head: String,
+    /// Each ack line parsed as JSON, in arrival order.
+    pub acks: Vec<serde_json::Value>,
+    /// Error body for non-200 answers.
+    pub body: String,
+}
+
+impl PutResult {
+    pub fn events(&self, kind: &str) -> Vec<&serde_json::Value> {
+        self.acks.iter().filter(|a| a["EventType"] == kind).collect()
+    }
+    pub fn error_ids(&self) -> Vec<i64> {
+        self.events("ERROR").iter().map(|a| a["ErrorId"].as_i64().unwrap()).collect()
+    }
+}
+
+/// A chunked PutMedia upload that reads acks while it sends (full duplex). `chunks`
+/// yields the body pieces; each becomes one HTTP chunk.
+pub async fn put_media_stream(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> PutResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let mut req = format!("POST /putMedia HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nUser-Agent: streamvault-test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    wr.write_all(req.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        while let Some(c) = chunks.recv().await {
+            if c.is_empty() {
+                continue;
+            }
+            let mut frame = format!("{:x}\r\n", c.len()).into_bytes();
+            frame.extend_from_slice(&c);
+            frame.extend_from_slice(b"\r\n");
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+        let _ = wr.flush().await;
+        // Keep the write half open until the reader is done (no half-close surprises).
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    });
+    let mut buf = Vec::new();
+    let mut tmp = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(60), rd.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
+        }
+        if response_complete(&buf) {
+            break;
+        }
+    }
+    writer.abort();
+    parse_put_response(&buf)
+}
+
+fn response_complete(mut buf: &[u8]) -> bool {
+    // Skip interim `100 Continue` responses.
+    while buf.starts_with(b"HTTP/1.1 100") {
+        let Some(p) = find(buf, b"\r\n\r\n") else { return false };
+        buf = &buf[p + 4..];
+    }
+    let Some(pos) = find(buf, b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        find(&buf[pos..], b"\r\n0\r\n\r\n").is_some() || buf[pos + 4..].starts_with(b"0\r\n\r\n")
+    } else if let Some(cl) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        buf.len() >= pos + 4 + cl.trim().parse::<usize>().unwrap_or(0)
+    } else {
+        false
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+fn parse_put_response(buf: &[u8]) -> PutResult {
+    let mut out = PutResult::default();
+    // Skip interim 100 responses.
+    let mut rest = buf;
+    loop {
+        let Some(pos) = find(rest, b"\r\n\r\n") else { return out };
+        let head = String::from_utf8_lossy(&rest[..pos]).to_string();
+        rest = &rest[pos + 4..];
+        if head.starts_with("HTTP/1.1 100") {
+            continue;
+        }
+        out.status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.head = head;
+        break;
+    }
+    let body = if out.head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        let mut r = rest;
+        while let Some(p) = find(r, b"\r\n") {
+            let n = usize::from_str_radix(std::str::from_utf8(&r[..p]).unwrap_or("0").trim(), 16).unwrap_or(0);
+            if n == 0 || r.len() < p + 2 + n {
+                break;
+            }
+            body.extend_from_slice(&r[p + 2..p + 2 + n]);
+            r = &r[p + 2 + n + 2..];
+        }
+        body
+    } else {
+        rest.to_vec()
+    };
+    let text = String::from_utf8_lossy(&body).to_string();
+    if out.status == 200 {
+        out.acks = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    }
+    out.body = text;
+    out
+}
+
+/// Uploads `body` in chunks of `chunk` bytes (optionally paced).
+pub async fn put_media(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8], chunk: usize) -> PutResult {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let pieces: Vec<Vec<u8>> = body.chunks(chunk.max(1)).map(|c| c.to_vec()).collect();
+    tokio::spawn(async move {
+        for p in pieces {
+            if tx.send(p).await.is_err() {
+                break;
+            }
+        }
+    });
+    put_media_stream(addr, headers, rx).await
+}
+
+/// Read access to a (running or stopped) server's data dir.
+pub struct DataDir {
+    pub index: streamvault::index::sqlite::SqliteIndex,
+    pub store: streamvault::store::FragmentStore,
+}
+
+impl DataDir {
+    pub fn open(dir: &std::path::Path) -> Self {
+        use std::sync::Arc;
+        let settings = Settings {
+            data_dir: dir.to_owned(),
+            ..Settings::default()
+        };
+        let key = dir.join("keys").join(format!("{}.key", settings.keys.default_key_id));
+        let (ring, _) = streamvault::store::Keyring::load(&settings.keys.default_key_id, &key, &Default::default()).unwrap();
+        let objects = streamvault::store::object_store_from_settings(&settings).unwrap();
+        Self {
+            index: streamvault::index::sqlite::SqliteIndex::open(&settings.index_path()).unwrap(),
+            store: streamvault::store::FragmentStore::new(objects, Arc::new(ring)),
+        }
+    }
+
+    /// Every fragment of a stream, in order, with its decrypted bytes.
+    pub async fn fragments(&self, stream: &str) -> Vec<(streamvault::index::FragmentRecord, bytes::Bytes)> {
+        use streamvault::index::Index;
+        let name = streamvault::model::StreamName::parse(stream).unwrap();
+        let s = self.index.get_stream(&name).await.unwrap().expect("stream exists");
+        let key = self.store.keyring().unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key).unwrap();
+        let rows = self.index.fragments_after(&s.stream_id, None, 1_000_000).await.unwrap();
+        let mut out = Vec::new();
+        for r in rows {
+            let b = self.store.get_fragment(&key, r.seq).await.unwrap();
+            out.push((r, b));
+        }
+        out
+    }
+}
+
+pub fn shared_media(rel: &str) -> Option<Vec<u8>> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/media").join(rel);
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(_) => {
+            eprintln!("SKIP: {} not found", p.display());
+            None
+        }
+    }
+}
+
+pub fn sample(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("media-samples").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Whether a command-line tool is available; when not, prints why the test skips.
+/// Under CI the tools are installed by .ci/run, so absence there is a failure.
+pub fn have_tool(name: &str) -> bool {
+    let ok = std::process::Command::new(name)
+        .arg(if name == "gst-launch-1.0" { "--version" } else { "-version" })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is required in CI (.ci/run installs it)");
+        }
+        eprintln!("SKIP: {name} not installed");
+    }
+    ok
+}
+
+/// (track, absolute timecode, keyframe, frame bytes) of every block of an MKV byte
+/// string (a whole file, or one bare stored cluster).
+pub type FrameKey = (u64, i64, bool, Vec<u8>);
+
+pub fn frames_of(bytes: &[u8]) -> Vec<FrameKey> {
+    use streamvault::mkv::{self, Event, writer};
+    let mut r = mkv::Reader::new(mkv::Limits::default());
+    if !bytes.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
+        let mut h = Vec::new();
+        writer::write_ebml_header(&mut h, "matroska");
+        writer::segment_header_unknown(&mut h);
+        r.push(&h);
+    }
+    r.push(bytes);
+    let mut tc = 0i64;
+    let mut out = Vec::new();
+    let mut on = |ev: Event, tc: &mut i64| match ev {
+        Event::ClusterTimecode { value, .. } => *tc = value as i64,
+        Event::Block(b) => out.push((b.track, *tc + i64::from(b.timecode), b.keyframe, b.frame().to_vec())),
+        _ => {}
+    };
+    while let Ok(Some(ev)) = r.next_event() {
+        on(ev, &mut tc);
+    }
+    while let Ok(Some(ev)) = r.finish() {
+        on(ev, &mut tc);
+    }
+    out
+}
+
+/// Clusters of an MKV byte string: (cluster timecode, exact cluster bytes).
+pub fn clusters_of(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    use streamvault::mkv::{self, Event};
+    let mut r = mkv::Reader::new(mkv::Limits::default());
+    r.push(bytes);
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut cur: Option<(u64, Vec<u8>)> = None;
+    let on = |ev: Event, cur: &mut Option<(u64, Vec<u8>)>, out: &mut Vec<(u64, Vec<u8>)>| match ev {
+        Event::ClusterStart { raw_header, .. } => *cur = Some((0, raw_header.to_vec())),
+        Event::ClusterTimecode { raw, value, .. } => {
+            if let Some(c) = cur.as_mut() {
+                c.0 = value;
+                c.1.extend_from_slice(&raw);
+            }
+        }
+        Event::Block(b) => {
+            if let Some(c) = cur.as_mut() {
+                c.1.extend_from_slice(&b.raw);
+            }
+        }
+        Event::ClusterChild { raw, .. } => {
+            if let Some(c) = cur.as_mut() {
+                c.1.extend_from_slice(&raw);
+            }
+        }
+        Event::ClusterEnd { .. } => {
+            if let Some(c) = cur.take() {
+                out.push(c);
+            }
+        }
+        _ => {}
+    };
+    while let Ok(Some(ev)) = r.next_event() {
+        on(ev, &mut cur, &mut out);
+    }
+    while let Ok(Some(ev)) = r.finish() {
+        on(ev, &mut cur, &mut out);
+    }
+    out
+}

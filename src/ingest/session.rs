@@ -1,0 +1,419 @@
+//! One PutMedia upload: reads the request body as it arrives, feeds the fragmenter,
+//! sends BUFFERING / RECEIVED / ERROR / IDLE acks, and hands complete fragments to a
+//! sequential persister that writes the object, commits the index row and only then
+//! sends PERSISTED (the order of `docs/design/storage.md`).
+//!
+//! Back-pressure: body chunks are read only after the stream's rate cap allows them
+//! and the global memory budget has room; a slow store fills the persister's bounded
+//! queue, which stops the reading loop. Acks never block (see `ack`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{Ack, AckSender};
+use super::{Ingest, LiveEvent, StreamRuntime};
+use crate::check::content_hash;
+use crate::fragmenter::{self, Fragment, Fragmenter, Output, TimecodeMode};
+use crate::index::{FragmentRecord, IndexError, SessionRecord, StreamRecord};
+use crate::model::FragmentNumber;
+use crate::store::{BlobKind, DataKey};
+use crate::streams::Catalog;
+
+/// Persist jobs queued at most (each holds one complete fragment).
+const PERSIST_QUEUE: usize = 4;
+
+/// ErrorIds sent by the driver itself.
+pub mod error_id {
+    pub const READ_ERROR: u32 = 4000;
+    pub const STREAM_DELETED: u32 = 4008;
+    pub const INTERNAL: u32 = 5000;
+    pub const PERSIST_FAILED: u32 = 5001;
+}
+
+/// Everything a session needs.
+pub struct SessionContext {
+    pub catalog: Catalog,
+    pub ingest: Arc<Ingest>,
+    pub runtime: Arc<StreamRuntime>,
+    pub stream: StreamRecord,
+    pub key: Arc<DataKey>,
+    pub mode: TimecodeMode,
+    pub acks: AckSender,
+    /// Server shutdown: finish the open fragment, persist, end.
+    pub shutdown: CancellationToken,
+}
+
+enum Job {
+    Session(SessionRecord),
+    Fragment {
+        fragment: Fragment,
+        seq: u64,
+        session_id: u64,
+        buffering_at: Instant,
+        received_at: Instant,
+        _permits: Option<OwnedSemaphorePermit>,
+    },
+}
+
+struct Driver {
+    ctx: Arc<SessionContext>,
+    fragmenter: Fragmenter,
+    /// Fragmenter-local id → (sequence number, BUFFERING time).
+    open: HashMap<u64, (u64, Instant)>,
+    session_id: Option<u64>,
+    persist: mpsc::Sender<Job>,
+    held: Option<OwnedSemaphorePermit>,
+    /// Set by the persister when the stream was deleted under us.
+    abort: CancellationToken,
+}
+
+fn kib(bytes: usize) -> u32 {
+    bytes.div_ceil(1024).max(1) as u32
+}
+
+/// Runs the session to the end of the body (or an error, idle timeout, shutdown).
+pub async fn run<S>(ctx: SessionContext, first: Option<Bytes>, mut body: S)
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    let ctx = Arc::new(ctx);
+    let s = &ctx.ingest.settings;
+    let limits = fragmenter::Limits {
+        max_fragment_bytes: s.max_fragment_bytes,
+        max_fragment_duration_ms: s.max_fragment_duration.as_millis() as i64,
+        max_tracks: s.max_tracks,
+        max_metadata_tags: s.max_metadata_tags,
+        ..fragmenter::Limits::default()
+    };
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
+    let abort = CancellationToken::new();
+    let persister = tokio::spawn(persist_loop(ctx.clone(), persist_rx, abort.clone()));
+    let mut d = Driver {
+        fragmenter: Fragmenter::new(limits, ctx.mode),
+        ctx: ctx.clone(),
+        open: HashMap::new(),
+        session_id: None,
+        persist: persist_tx,
+        held: None,
+        abort: abort.clone(),
+    };
+    let idle_interval = ctx.ingest.settings.idle_ack_interval;
+    let idle_timeout = ctx.ingest.settings.idle_timeout;
+    let mut last_data = Instant::now();
+    if let Some(chunk) = first {
+        d.on_data(chunk).await;
+    }
+    while !d.fragmenter.is_fatal() {
+        let next = tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                tracing::info!(stream = %ctx.stream.name, "server shutting down: closing upload after its open fragment");
+                d.fragmenter.close_open_fragment();
+                d.drain().await;
+                break;
+            }
+            _ = abort.cancelled() => break,
+            r = tokio::time::timeout(idle_interval, body.next()) => r,
+        };
+        match next {
+            Err(_) => {
+                if last_data.elapsed() >= idle_timeout {
+                    tracing::info!(stream = %ctx.stream.name, "upload idle too long: closing");
+                    d.fragmenter.close_open_fragment();
+                    d.drain().await;
+                    break;
+                }
+                ctx.acks.send(Ack::Idle);
+            }
+            Ok(None) => {
+                d.fragmenter.finish(ctx.catalog.clock().now_ms());
+                d.drain().await;
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                // The connection broke mid-body: the open fragment is incomplete.
+                tracing::info!(stream = %ctx.stream.name, error = %e, "upload connection failed");
+                d.fail_open_fragments(error_id::READ_ERROR);
+                break;
+            }
+            Ok(Some(Ok(chunk))) => {
+                last_data = Instant::now();
+                d.on_data(chunk).await;
+            }
+        }
+    }
+    let dropped = d.fragmenter.dropped_leading_frames;
+    if dropped > 0 {
+        tracing::info!(stream = %ctx.stream.name, frames = dropped, "dropped video frames that preceded the first keyframe");
+    }
+    drop(d);
+    let _ = persister.await;
+}
+
+impl Driver {
+    async fn on_data(&mut self, chunk: Bytes) {
+        metrics::counter!(crate::metrics::INGEST_BYTES).increment(chunk.len() as u64);
+        let delay = self.ctx.runtime.rate_delay(chunk.len());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (sem, total) = self.ctx.ingest.memory();
+        let want = kib(chunk.len()).min((total / 2).max(1) as u32);
+        if let Ok(p) = sem.clone().acquire_many_owned(want).await {
+            match self.held.as_mut() {
+                Some(h) => h.merge(p),
+                None => self.held = Some(p),
+            }
+        }
+        self.fragmenter.push(&chunk, self.ctx.catalog.clock().now_ms());
+        self.drain().await;
+        // Give back what the fragmenter no longer holds.
+        let need = kib(self.fragmenter.buffered_bytes()) as usize;
+        if let Some(h) = self.held.as_mut()
+            && h.num_permits() > need
+        {
+            drop(h.split(h.num_permits() - need));
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.fragmenter.poll() {
+            if let Err(e) = self.handle(out).await {
+                tracing::error!(stream = %self.ctx.stream.name, error = %e, "ingest failure");
+                self.ctx.acks.send(Ack::Error {
+                    timecode: None,
+                    number: None,
+                    error_id: error_id::INTERNAL,
+                });
+                self.abort.cancel();
+                return;
+            }
+        }
+    }
+
+    fn number(&self, seq: u64) -> FragmentNumber {
+        FragmentNumber::new(self.ctx.stream.creation_ms, seq)
+    }
+
+    async fn handle(&mut self, out: Output) -> crate::error::Result<()> {
+        let ctx = self.ctx.clone();
+        match out {
+            Output::Session(h) => {
+                let session_id = ctx.runtime.next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id).await?;
+                self.session_id = Some(session_id);
+                let sealed = ctx
+                    .key
+                    .seal(BlobKind::SessionHeader, session_id, &h.header)
+                    .map_err(|e| crate::error::Error::internal(e.to_string()))?;
+                ctx.runtime.publish(LiveEvent::Session {
+                    session_id,
+                    header: h.header,
+                    ebml_header_len: h.ebml_header_len,
+                });
+                let rec = SessionRecord {
+                    stream_id: ctx.stream.stream_id.clone(),
+                    session_id,
+                    created_ms: ctx.catalog.clock().now_ms(),
+                    header_sealed: sealed,
+                };
+                let _ = self.persist.send(Job::Session(rec)).await;
+            }
+            Output::FragmentStart(s) => {
+                let seq = ctx.runtime.next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id).await?;
+                self.open.insert(s.local_id, (seq, Instant::now()));
+                ctx.acks.send(Ack::Buffering {
+                    timecode: s.cluster_timecode,
+                    number: self.number(seq),
+                });
+                ctx.runtime.publish(LiveEvent::FragmentStart {
+                    seq,
+                    session_id: self.session_id.unwrap_or_default(),
+                    cluster_timecode: s.cluster_timecode,
+                    producer_ts_ms: s.producer_ts_ms,
+                    server_ts_ms: s.server_ts_ms,
+                });
+            }
+            Output::Frame(f) => {
+                if let Some((seq, _)) = self.open.get(&f.local_id) {
+                    ctx.runtime.publish(LiveEvent::Frame { seq: *seq, block: f.block });
+                }
+            }
+            Output::FragmentEnd(fragment) => {
+                let Some((seq, buffering_at)) = self.open.remove(&fragment.local_id) else {
+                    return Ok(());
+                };
+                ctx.acks.send(Ack::Received {
+                    timecode: fragment.cluster_timecode,
+                    number: self.number(seq),
+                });
+                ctx.runtime.publish(LiveEvent::FragmentEnd {
+                    seq,
+                    metadata: fragment.metadata.clone(),
+                });
+                let permits = self.held.as_mut().and_then(|h| {
+                    let n = kib(fragment.cluster.len()).min(h.num_permits() as u32) as usize;
+                    h.split(n)
+                });
+                let job = Job::Fragment {
+                    fragment,
+                    seq,
+                    session_id: self.session_id.unwrap_or_default(),
+                    buffering_at,
+                    received_at: Instant::now(),
+                    _permits: permits,
+                };
+                // A full queue (slow store) waits here: back-pressure on the socket.
+                let _ = self.persist.send(job).await;
+            }
+            Output::Error(e) => {
+                let seq = e.local_id.and_then(|id| self.open.remove(&id)).map(|(s, _)| s);
+                metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => e.error_id.to_string()).increment(1);
+                tracing::info!(
+                    stream = %ctx.stream.name,
+                    error_id = e.error_id,
+                    fatal = e.fatal,
+                    fragment = ?seq.map(|s| self.number(s).to_string()),
+                    "{}", e.message
+                );
+                ctx.acks.send(Ack::Error {
+                    timecode: e.timecode,
+                    number: seq.map(|s| self.number(s)),
+                    error_id: e.error_id,
+                });
+                if let Some(seq) = seq {
+                    ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends ERROR for every fragment that started but will not complete.
+    fn fail_open_fragments(&mut self, error_id: u32) {
+        for (_, (seq, _)) in self.open.drain() {
+            metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => error_id.to_string()).increment(1);
+            self.ctx.acks.send(Ack::Error {
+                timecode: None,
+                number: Some(FragmentNumber::new(self.ctx.stream.creation_ms, seq)),
+                error_id,
+            });
+            self.ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+        }
+    }
+}
+
+/// Persists jobs in order; PERSISTED only after object and row are durable.
+async fn persist_loop(ctx: Arc<SessionContext>, mut rx: mpsc::Receiver<Job>, abort: CancellationToken) {
+    let keep = ctx.stream.retention_hours > 0;
+    let mut failed_sessions = std::collections::HashSet::new();
+    while let Some(job) = rx.recv().await {
+        if abort.is_cancelled() {
+            continue;
+        }
+        match job {
+            Job::Session(rec) => {
+                if !keep {
+                    continue;
+                }
+                let id = rec.session_id;
+                if let Err(e) = ctx.catalog.index().insert_session(rec).await {
+                    tracing::error!(stream = %ctx.stream.name, error = %e, "cannot record upload session");
+                    failed_sessions.insert(id);
+                }
+            }
+            Job::Fragment {
+                fragment,
+                seq,
+                session_id,
+                buffering_at,
+                received_at,
+                _permits,
+            } => {
+                let number = FragmentNumber::new(ctx.stream.creation_ms, seq);
+                let tc = fragment.cluster_timecode;
+                if !keep {
+                    // Retention 0: live hand-off only; never PERSISTED.
+                    continue;
+                }
+                let fail = |id: u32| {
+                    metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => id.to_string()).increment(1);
+                    ctx.acks.send(Ack::Error {
+                        timecode: Some(tc),
+                        number: Some(number),
+                        error_id: id,
+                    });
+                    ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+                };
+                if failed_sessions.contains(&session_id) {
+                    fail(error_id::PERSIST_FAILED);
+                    continue;
+                }
+                match persist_fragment(&ctx, &fragment, seq, session_id).await {
+                    Ok(()) => {
+                        metrics::counter!(crate::metrics::INGEST_FRAGMENTS).increment(1);
+                        metrics::histogram!(crate::metrics::ACK_BUFFERING_TO_PERSISTED).record(buffering_at.elapsed().as_secs_f64());
+                        metrics::histogram!(crate::metrics::ACK_CLOSE_TO_PERSISTED).record(received_at.elapsed().as_secs_f64());
+                        ctx.acks.send(Ack::Persisted { timecode: tc, number });
+                        ctx.runtime.publish(LiveEvent::FragmentPersisted { seq });
+                    }
+                    Err(PersistError::StreamGone) => {
+                        tracing::info!(stream = %ctx.stream.name, "stream deleted during upload");
+                        fail(error_id::STREAM_DELETED);
+                        abort.cancel();
+                    }
+                    Err(PersistError::Failed(msg)) => {
+                        tracing::error!(stream = %ctx.stream.name, fragment = %number, error = %msg, "fragment not persisted");
+                        fail(error_id::PERSIST_FAILED);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum PersistError {
+    StreamGone,
+    Failed(String),
+}
+
+async fn persist_fragment(ctx: &SessionContext, f: &Fragment, seq: u64, session_id: u64) -> Result<(), PersistError> {
+    let store = ctx.catalog.store();
+    let stored = store
+        .put_fragment(&ctx.key, seq, &f.cluster)
+        .await
+        .map_err(|e| PersistError::Failed(e.to_string()))?;
+    let rec = FragmentRecord {
+        stream_id: ctx.stream.stream_id.clone(),
+        seq,
+        session_id,
+        producer_ts_ms: f.producer_ts_ms,
+        server_ts_ms: f.server_ts_ms,
+        duration_ms: f.duration_ms,
+        producer_timecode: f.cluster_timecode as i64,
+        size: f.cluster.len() as u64,
+        object_key: stored.key,
+        object_size: stored.size,
+        content_hash: content_hash(&f.cluster),
+        metadata: f.metadata.clone(),
+    };
+    match ctx.catalog.index().insert_fragment(rec).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let gone = matches!(ctx.catalog.index().get_stream_by_id(&ctx.stream.stream_id).await, Ok(None));
+            if gone {
+                Err(PersistError::StreamGone)
+            } else {
+                Err(PersistError::Failed(match e {
+                    IndexError::DuplicateFragment { .. } => format!("fragment number already used: {e}"),
+                    other => other.to_string(),
+                }))
+            }
+        }
+    }
+}
+
