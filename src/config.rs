@@ -31,6 +31,7 @@ pub struct Settings {
     /// Region written into stream ARNs. Default `us-east-1`.
     pub region: String,
     /// 12-digit account id written into stream ARNs. Default `000000000000`.
+    #[serde(deserialize_with = "string_from_scalar")]
     pub account_id: String,
     /// Retention (hours) for CreateStream calls that omit `DataRetentionInHours`.
     /// Default 24 (AWS uses 0). Must be 0 or 1…87600.
@@ -95,6 +96,7 @@ pub enum StoreBackend {
 #[serde(deny_unknown_fields, default)]
 pub struct S3Settings {
     /// Bucket name (required for `s3`).
+    #[serde(deserialize_with = "string_from_scalar")]
     pub bucket: String,
     /// Endpoint URL for non-AWS stores, e.g. `http://127.0.0.1:9000`.
     pub endpoint: Option<String>,
@@ -262,8 +264,8 @@ impl Settings {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // Variables the CLI reads directly, not settings.
-            if matches!(rest, "LOG" | "CONFIG") {
+            // Variables read elsewhere (the CLI, the test suite), not settings.
+            if matches!(rest, "LOG" | "CONFIG" | "AWS_CLI" | "PYTHON") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -311,7 +313,8 @@ impl Settings {
             .map_err(|e| ConfigError::Invalid(e.message))?;
         if self.ingest.memory_budget_bytes < 2 * self.ingest.max_fragment_bytes {
             return Err(ConfigError::Invalid(
-                "ingest.memory_budget_bytes must be at least twice ingest.max_fragment_bytes".into(),
+                "ingest.memory_budget_bytes must be at least twice ingest.max_fragment_bytes"
+                    .into(),
             ));
         }
         if self.ingest.max_tracks == 0 || self.ingest.max_connections_per_stream == 0 {
@@ -343,6 +346,25 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("objects"))
     }
+}
+
+/// Accepts a string, or a number or boolean (as an all-digit environment value arrives),
+/// for string settings.
+fn string_from_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::S(s) => s,
+        Scalar::I(i) => i.to_string(),
+        Scalar::F(f) => f.to_string(),
+        Scalar::B(b) => b.to_string(),
+    })
 }
 
 /// Environment values are TOML scalars when they parse as one (numbers, booleans),
@@ -426,6 +448,20 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[ingest]\nmax_trakcs = 2\n").unwrap();
         assert!(Settings::load(Some(&f), env(&[])).is_err());
+    }
+
+    #[test]
+    fn digit_strings_and_tool_variables_from_env() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("STREAMVAULT_ACCOUNT_ID", "123456789012"),
+                ("STREAMVAULT_AWS_CLI", "/x/aws"),
+                ("STREAMVAULT_PYTHON", "/x/py"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.account_id, "123456789012");
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Settings;
 use crate::gc::Sweeper;
-use crate::ingest::Ingest;
 use crate::index::sqlite::SqliteIndex;
+use crate::ingest::Ingest;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
 

@@ -37,23 +37,43 @@ fn assert_ack_lifecycle(r: &PutResult, expect: usize) {
                     .unwrap_or_else(|| panic!("no {k} for {n}"))
             })
             .collect();
-        assert!(pos[0] < pos[1] && pos[1] < pos[2], "ack order for {n}: {pos:?}");
-        let tc: Vec<_> = r.acks.iter().filter(|a| a["FragmentNumber"] == n).map(|a| a["FragmentTimecode"].clone()).collect();
-        assert!(tc.iter().all(|t| *t == tc[0] && t.is_u64()), "FragmentTimecode must be one integer: {tc:?}");
+        assert!(
+            pos[0] < pos[1] && pos[1] < pos[2],
+            "ack order for {n}: {pos:?}"
+        );
+        let tc: Vec<_> = r
+            .acks
+            .iter()
+            .filter(|a| a["FragmentNumber"] == n)
+            .map(|a| a["FragmentTimecode"].clone())
+            .collect();
+        assert!(
+            tc.iter().all(|t| *t == tc[0] && t.is_u64()),
+            "FragmentTimecode must be one integer: {tc:?}"
+        );
     }
     // Numbers strictly increase.
-    let nums: Vec<&str> = b.iter().map(|a| a["FragmentNumber"].as_str().unwrap()).collect();
+    let nums: Vec<&str> = b
+        .iter()
+        .map(|a| a["FragmentNumber"].as_str().unwrap())
+        .collect();
     assert!(nums.windows(2).all(|w| w[0] < w[1]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvs_producer_sdk_stream_all_persisted() {
-    let Some(src) = shared_media("kvs-captures/producer-sdk-test-stream-1_0.mkv") else { return };
+    let Some(src) = shared_media("kvs-captures/producer-sdk-test-stream-1_0.mkv") else {
+        return;
+    };
     let srv = TestServer::start().await;
     create(&srv, "sdk", 24).await;
     let r = put_media(
         srv.addr,
-        &[("x-amzn-stream-name", "sdk"), ("x-amzn-fragment-timecode-type", "ABSOLUTE"), ("x-amzn-producer-start-timestamp", "1500000000.5")],
+        &[
+            ("x-amzn-stream-name", "sdk"),
+            ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+            ("x-amzn-producer-start-timestamp", "1500000000.5"),
+        ],
         &src,
         8192,
     )
@@ -68,13 +88,26 @@ async fn kvs_producer_sdk_stream_all_persisted() {
     assert_eq!(clusters.len(), 37);
     let mut metadata = 0;
     for ((row, bytes), (tc, cluster)) in stored.iter().zip(&clusters) {
-        assert_eq!(row.producer_ts_ms, *tc as i64, "ABSOLUTE: producer ts = cluster timecode (ms)");
-        assert_eq!(&bytes[..], &cluster[..], "stored fragment must be the producer's cluster, byte for byte");
-        assert!(row.metadata.iter().all(|(n, _)| n != "AWS_KINESISVIDEO_END_OF_FRAGMENT"));
+        assert_eq!(
+            row.producer_ts_ms, *tc as i64,
+            "ABSOLUTE: producer ts = cluster timecode (ms)"
+        );
+        assert_eq!(
+            &bytes[..],
+            &cluster[..],
+            "stored fragment must be the producer's cluster, byte for byte"
+        );
+        assert!(
+            row.metadata
+                .iter()
+                .all(|(n, _)| n != "AWS_KINESISVIDEO_END_OF_FRAGMENT")
+        );
         metadata += row.metadata.len();
     }
     assert_eq!(metadata, 27, "custom fragment metadata stored");
-    let report = streamvault::check::check(&dd.index, &dd.store, true).await.unwrap();
+    let report = streamvault::check::check(&dd.index, &dd.store, true)
+        .await
+        .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.fragments_decrypted, 37);
     srv.stop().await.unwrap();
@@ -82,7 +115,9 @@ async fn kvs_producer_sdk_stream_all_persisted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvs_c_producer_end_of_fragment_gets_persisted_before_body_ends() {
-    let Some(src) = shared_media("kvs-captures/producer-c-1.6.4-putmedia.mkv") else { return };
+    let Some(src) = shared_media("kvs-captures/producer-c-1.6.4-putmedia.mkv") else {
+        return;
+    };
     let srv = TestServer::start().await;
     create(&srv, "cprod", 24).await;
     // Send everything, but keep the body open (like the SDK at stop): the last fragment
@@ -107,8 +142,18 @@ async fn kvs_c_producer_end_of_fragment_gets_persisted_before_body_ends() {
     let mut n = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let s = dd.index.get_stream(&streamvault::model::StreamName::parse("cprod").unwrap()).await.unwrap().unwrap();
-        n = dd.index.fragments_after(&s.stream_id, None, 100).await.unwrap().len();
+        let s = dd
+            .index
+            .get_stream(&streamvault::model::StreamName::parse("cprod").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        n = dd
+            .index
+            .fragments_after(&s.stream_id, None, 100)
+            .await
+            .unwrap()
+            .len();
         if n == 7 {
             break;
         }
@@ -127,7 +172,16 @@ async fn errors_before_200_are_json() {
     let r = put_media(srv.addr, &[("x-amzn-stream-name", "nope")], b"x", 1).await;
     assert_eq!(r.status, 404);
     assert!(r.body.contains("ResourceNotFoundException"));
-    let r = put_media(srv.addr, &[("x-amzn-stream-name", "one"), ("x-amzn-fragment-timecode-type", "SIDEWAYS")], b"x", 1).await;
+    let r = put_media(
+        srv.addr,
+        &[
+            ("x-amzn-stream-name", "one"),
+            ("x-amzn-fragment-timecode-type", "SIDEWAYS"),
+        ],
+        b"x",
+        1,
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("InvalidArgumentException"));
     let r = put_media(srv.addr, &[], b"x", 1).await;
@@ -136,14 +190,21 @@ async fn errors_before_200_are_json() {
     // One connection per stream: a second concurrent upload is refused.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let addr = srv.addr;
-    let first = tokio::spawn(async move { put_media_stream(addr, &[("x-amzn-stream-name", "one")], rx).await });
+    let first =
+        tokio::spawn(
+            async move { put_media_stream(addr, &[("x-amzn-stream-name", "one")], rx).await },
+        );
     let mut hdr = Vec::new();
     streamvault::mkv::writer::write_ebml_header(&mut hdr, "matroska");
     tx.send(hdr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = put_media(srv.addr, &[("x-amzn-stream-name", "one")], b"\x1a", 1).await;
     assert_eq!(second.status, 400);
-    assert!(second.body.contains("ConnectionLimitExceededException"), "{}", second.body);
+    assert!(
+        second.body.contains("ConnectionLimitExceededException"),
+        "{}",
+        second.body
+    );
     drop(tx);
     let _ = first.await;
     srv.stop().await.unwrap();
@@ -161,8 +222,17 @@ async fn expect_100_continue_is_answered_at_once() {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await.expect("100 Continue within 500 ms").unwrap();
-    assert!(std::str::from_utf8(&buf[..n]).unwrap().starts_with("HTTP/1.1 100"), "{:?}", std::str::from_utf8(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+        .await
+        .expect("100 Continue within 500 ms")
+        .unwrap();
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 100"),
+        "{:?}",
+        std::str::from_utf8(&buf[..n])
+    );
     srv.stop().await.unwrap();
 }
 
@@ -170,16 +240,29 @@ async fn expect_100_continue_is_answered_at_once() {
 /// another stream are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_error_acks_and_harm_nothing_else() {
-    let Some(good) = shared_media("kvs-captures/producer-sdk-test-stream-1_0.mkv") else { return };
+    let Some(good) = shared_media("kvs-captures/producer-sdk-test-stream-1_0.mkv") else {
+        return;
+    };
     let srv = TestServer::start().await;
     create(&srv, "healthy", 24).await;
     // A healthy upload, paced, running the whole time.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let addr = srv.addr;
     let healthy = tokio::spawn(async move {
-        put_media_stream(addr, &[("x-amzn-stream-name", "healthy"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")], rx).await
+        put_media_stream(
+            addr,
+            &[
+                ("x-amzn-stream-name", "healthy"),
+                ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+            ],
+            rx,
+        )
+        .await
     });
-    let pieces: Vec<Vec<u8>> = good.chunks(good.len() / 40 + 1).map(|c| c.to_vec()).collect();
+    let pieces: Vec<Vec<u8>> = good
+        .chunks(good.len() / 40 + 1)
+        .map(|c| c.to_vec())
+        .collect();
     let feeder = tokio::spawn(async move {
         for p in pieces {
             tx.send(p).await.unwrap();
@@ -195,9 +278,21 @@ async fn bad_inputs_get_error_acks_and_harm_nothing_else() {
     cases.push(("wrong EBML magic".into(), wrong_magic, vec![4006]));
     let truncated = sample("h264_truncated.mkv");
     cases.push(("truncated mid-block".into(), truncated, vec![4006]));
-    cases.push(("block for track 9".into(), synth::block_for_track_9(), vec![4010]));
-    cases.push(("cluster timecode backwards".into(), synth::backwards(), vec![4004]));
-    cases.push(("51 MB cluster".into(), synth::big_cluster(51 << 20), vec![4001]));
+    cases.push((
+        "block for track 9".into(),
+        synth::block_for_track_9(),
+        vec![4010],
+    ));
+    cases.push((
+        "cluster timecode backwards".into(),
+        synth::backwards(),
+        vec![4004],
+    ));
+    cases.push((
+        "51 MB cluster".into(),
+        synth::big_cluster(51 << 20),
+        vec![4001],
+    ));
     cases.push(("4-track header".into(), synth::four_tracks(), vec![4012]));
     // The third-party malformed corpus.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/media/malformed");
@@ -212,21 +307,45 @@ async fn bad_inputs_get_error_acks_and_harm_nothing_else() {
     for (i, (what, body, want)) in cases.iter().enumerate() {
         let name = format!("bad-{i}");
         create(&srv, &name, 24).await;
-        let r = put_media(srv.addr, &[("x-amzn-stream-name", &name), ("x-amzn-fragment-timecode-type", "ABSOLUTE")], body, 65536).await;
+        let r = put_media(
+            srv.addr,
+            &[
+                ("x-amzn-stream-name", &name),
+                ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+            ],
+            body,
+            65536,
+        )
+        .await;
         assert_eq!(r.status, 200, "{what}");
         let ids = r.error_ids();
         if want.is_empty() {
             // Third-party files: an error, or only whole fragments persisted.
-            assert!(!ids.is_empty() || !r.events("PERSISTED").is_empty(), "{what}: {:?}", r.acks);
+            assert!(
+                !ids.is_empty() || !r.events("PERSISTED").is_empty(),
+                "{what}: {:?}",
+                r.acks
+            );
         } else {
-            assert!(want.iter().all(|w| ids.contains(w)), "{what}: want {want:?} got {ids:?}");
+            assert!(
+                want.iter().all(|w| ids.contains(w)),
+                "{what}: want {want:?} got {ids:?}"
+            );
         }
         // Whatever was PERSISTED reads back.
         let dd = DataDir::open(&srv.data_dir);
         for (row, bytes) in dd.fragments(&name).await {
-            assert!(!frames_of(&bytes).is_empty(), "{what}: fragment {} unreadable", row.seq);
+            assert!(
+                !frames_of(&bytes).is_empty(),
+                "{what}: fragment {} unreadable",
+                row.seq
+            );
         }
-        assert_eq!(dd.fragments(&name).await.len(), r.events("PERSISTED").len(), "{what}");
+        assert_eq!(
+            dd.fragments(&name).await.len(),
+            r.events("PERSISTED").len(),
+            "{what}"
+        );
     }
     feeder.await.unwrap();
     let h = healthy.await.unwrap();
@@ -237,16 +356,30 @@ async fn bad_inputs_get_error_acks_and_harm_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_zero_never_persists() {
-    let Some(src) = shared_media("kvs-captures/producer-c-1.6.4-putmedia.mkv") else { return };
+    let Some(src) = shared_media("kvs-captures/producer-c-1.6.4-putmedia.mkv") else {
+        return;
+    };
     let srv = TestServer::start().await;
     create(&srv, "live-only", 0).await;
-    let r = put_media(srv.addr, &[("x-amzn-stream-name", "live-only"), ("x-amzn-fragment-timecode-type", "ABSOLUTE")], &src, 4096).await;
+    let r = put_media(
+        srv.addr,
+        &[
+            ("x-amzn-stream-name", "live-only"),
+            ("x-amzn-fragment-timecode-type", "ABSOLUTE"),
+        ],
+        &src,
+        4096,
+    )
+    .await;
     assert_eq!(r.events("BUFFERING").len(), 7);
     assert_eq!(r.events("RECEIVED").len(), 7);
     assert!(r.events("PERSISTED").is_empty());
     let dd = DataDir::open(&srv.data_dir);
     assert!(dd.fragments("live-only").await.is_empty());
-    assert!(dd.store.list(None).await.unwrap().is_empty(), "nothing at rest for retention 0");
+    assert!(
+        dd.store.list(None).await.unwrap().is_empty(),
+        "nothing at rest for retention 0"
+    );
     srv.stop().await.unwrap();
 }
 
@@ -268,7 +401,11 @@ mod synth {
             writer::write_uint(&mut e, ids::TRACK_NUMBER, n);
             writer::write_uint(&mut e, ids::TRACK_UID, n);
             writer::write_uint(&mut e, ids::TRACK_TYPE, if n == 1 { 1 } else { 2 });
-            writer::write_string(&mut e, ids::CODEC_ID, if n == 1 { "V_MPEG4/ISO/AVC" } else { "A_AAC" });
+            writer::write_string(
+                &mut e,
+                ids::CODEC_ID,
+                if n == 1 { "V_MPEG4/ISO/AVC" } else { "A_AAC" },
+            );
             writer::write_element(&mut t, ids::TRACK_ENTRY, &e);
         }
         writer::write_element(&mut body, ids::TRACKS, &t);
@@ -291,8 +428,16 @@ mod synth {
 
     pub fn block_for_track_9() -> Vec<u8> {
         let mut b = header(1);
-        cluster(&mut b, 0, &[block(1, 0, true, 100), block(1, 33, false, 100)]);
-        cluster(&mut b, 1000, &[block(1, 0, true, 100), block(9, 33, false, 100)]);
+        cluster(
+            &mut b,
+            0,
+            &[block(1, 0, true, 100), block(1, 33, false, 100)],
+        );
+        cluster(
+            &mut b,
+            1000,
+            &[block(1, 0, true, 100), block(9, 33, false, 100)],
+        );
         b
     }
 
@@ -306,7 +451,9 @@ mod synth {
     pub fn big_cluster(bytes: usize) -> Vec<u8> {
         let mut b = header(1);
         let per = 1 << 20;
-        let blocks: Vec<Bytes> = (0..bytes / per).map(|i| block(1, i as i16, i == 0, per)).collect();
+        let blocks: Vec<Bytes> = (0..bytes / per)
+            .map(|i| block(1, i as i16, i == 0, per))
+            .collect();
         cluster(&mut b, 0, &blocks);
         b
     }

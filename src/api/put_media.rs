@@ -3,12 +3,12 @@
 //! `Expect: 100-continue` gets its `100 Continue` before the `200`), then answers `200`
 //! with a streamed body of acks while `ingest::session` consumes the upload.
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
-use axum::Router;
 use futures::StreamExt;
 
 use super::AppState;
@@ -36,9 +36,17 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
 /// (5 ms as `.5`), so for its User-Agent a fraction of fewer than three digits is read as
 /// a whole number of milliseconds; every other client's value is a plain decimal.
 pub fn parse_start_timestamp(raw: &str, kvs_c_producer: bool) -> Result<i64> {
-    let bad = || Error::invalid(format!("x-amzn-producer-start-timestamp must be decimal epoch seconds: value={raw}"));
+    let bad = || {
+        Error::invalid(format!(
+            "x-amzn-producer-start-timestamp must be decimal epoch seconds: value={raw}"
+        ))
+    };
     let (secs, frac) = raw.split_once('.').unwrap_or((raw, ""));
-    if secs.is_empty() || secs.len() > 12 || !secs.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if secs.is_empty()
+        || secs.len() > 12
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let secs: i64 = secs.parse().map_err(|_| bad())?;
@@ -56,11 +64,21 @@ pub fn parse_start_timestamp(raw: &str, kvs_c_producer: bool) -> Result<i64> {
     Ok(secs * 1000 + millis)
 }
 
-async fn put_media(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+async fn put_media(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let name = header_str(&headers, "x-amzn-stream-name")?;
     let arn = header_str(&headers, "x-amzn-stream-arn")?;
-    let stream = state.catalog.resolve(name, arn, ErrorKind::InvalidArgument).await?;
-    let kvs_sdk = header_str(&headers, "user-agent")?.is_some_and(|ua| ua.starts_with("AWS-SDK-KVS"));
+    let stream = state
+        .catalog
+        .resolve(name, arn, ErrorKind::InvalidArgument)
+        .await?;
+    let user_agent = header_str(&headers, "user-agent")?.unwrap_or_default();
+    let kvs_sdk = user_agent.starts_with("AWS-SDK-KVS");
+    // ffmpeg (libavformat) never reads the response; see `AckSender::channel`.
+    let quiet = user_agent.starts_with("Lavf/");
     let start = header_str(&headers, "x-amzn-producer-start-timestamp")?
         .map(|v| parse_start_timestamp(v, kvs_sdk))
         .transpose()?;
@@ -79,7 +97,9 @@ async fn put_media(State(state): State<AppState>, headers: HeaderMap, body: Body
             )));
         }
     };
-    let (runtime, guard) = state.ingest.connect(&stream.stream_id, stream.name.as_str())?;
+    let (runtime, guard) = state
+        .ingest
+        .connect(&stream.stream_id, stream.name.as_str())?;
     let key = state.catalog.data_key(&stream)?;
 
     // Reading the first chunk makes hyper answer `Expect: 100-continue` before our 200.
@@ -90,7 +110,7 @@ async fn put_media(State(state): State<AppState>, headers: HeaderMap, body: Body
         Ok(None) | Err(_) => None,
     };
 
-    let (acks, rx) = AckSender::channel();
+    let (acks, rx) = AckSender::channel(quiet);
     let ctx = SessionContext {
         catalog: state.catalog.clone(),
         ingest: state.ingest.clone(),
@@ -101,13 +121,15 @@ async fn put_media(State(state): State<AppState>, headers: HeaderMap, body: Body
         acks,
         shutdown: state.shutdown.clone(),
     };
-    tracing::info!(stream = %stream.name, ?mode, "PutMedia session started");
+    tracing::info!(stream = %stream.name, ?mode, acks = !quiet, "PutMedia session started");
     tokio::spawn(async move {
         session::run(ctx, first, data).await;
         drop(guard);
     });
     let stream_body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     let resp = Response::builder()
         .status(StatusCode::OK)
@@ -123,12 +145,30 @@ mod tests {
 
     #[test]
     fn start_timestamps() {
-        assert_eq!(parse_start_timestamp("1700000000.123", false).unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_start_timestamp("1700000000.5", false).unwrap(), 1_700_000_000_500);
-        assert_eq!(parse_start_timestamp("1700000000.5", true).unwrap(), 1_700_000_000_005);
-        assert_eq!(parse_start_timestamp("1700000000.05", true).unwrap(), 1_700_000_000_005);
-        assert_eq!(parse_start_timestamp("1700000000.123456", false).unwrap(), 1_700_000_000_123);
-        assert_eq!(parse_start_timestamp("1700000000", false).unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            parse_start_timestamp("1700000000.123", false).unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000.5", false).unwrap(),
+            1_700_000_000_500
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000.5", true).unwrap(),
+            1_700_000_000_005
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000.05", true).unwrap(),
+            1_700_000_000_005
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000.123456", false).unwrap(),
+            1_700_000_000_123
+        );
+        assert_eq!(
+            parse_start_timestamp("1700000000", false).unwrap(),
+            1_700_000_000_000
+        );
         assert!(parse_start_timestamp("-1", false).is_err());
         assert!(parse_start_timestamp("1e9", false).is_err());
         assert!(parse_start_timestamp("", false).is_err());

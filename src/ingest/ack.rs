@@ -15,10 +15,23 @@ pub const QUEUE: usize = 256;
 /// One acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
-    Buffering { timecode: u64, number: FragmentNumber },
-    Received { timecode: u64, number: FragmentNumber },
-    Persisted { timecode: u64, number: FragmentNumber },
-    Error { timecode: Option<u64>, number: Option<FragmentNumber>, error_id: u32 },
+    Buffering {
+        timecode: u64,
+        number: FragmentNumber,
+    },
+    Received {
+        timecode: u64,
+        number: FragmentNumber,
+    },
+    Persisted {
+        timecode: u64,
+        number: FragmentNumber,
+    },
+    Error {
+        timecode: Option<u64>,
+        number: Option<FragmentNumber>,
+        error_id: u32,
+    },
     Idle,
 }
 
@@ -29,7 +42,9 @@ impl Ack {
             Ack::Buffering { timecode, number } => ("BUFFERING", Some(*timecode), Some(number)),
             Ack::Received { timecode, number } => ("RECEIVED", Some(*timecode), Some(number)),
             Ack::Persisted { timecode, number } => ("PERSISTED", Some(*timecode), Some(number)),
-            Ack::Error { timecode, number, .. } => ("ERROR", *timecode, number.as_ref()),
+            Ack::Error {
+                timecode, number, ..
+            } => ("ERROR", *timecode, number.as_ref()),
             Ack::Idle => return Bytes::from_static(b"{\"EventType\":\"IDLE\"}\n"),
         };
         let mut s = format!("{{\"EventType\":\"{kind}\"");
@@ -49,17 +64,31 @@ impl Ack {
 
 /// Sending half of a session's ack stream.
 #[derive(Debug, Clone)]
-pub struct AckSender(mpsc::Sender<Bytes>);
+pub struct AckSender {
+    tx: mpsc::Sender<Bytes>,
+    quiet: bool,
+}
 
 impl AckSender {
-    pub fn channel() -> (Self, mpsc::Receiver<Bytes>) {
+    /// An ack stream; with `quiet`, acks are counted but never written (the response
+    /// stays open and empty until the upload ends).
+    ///
+    /// Quiet mode exists for clients that never read the response (ffmpeg's HTTP
+    /// client): such a client closes its socket with our acks unread, its kernel then
+    /// answers with a TCP reset, and a reset makes our kernel discard whatever part of the
+    /// upload we had not read yet — the end of the last fragment. ffmpeg drains up to
+    /// 1 KiB of response before closing, which covers the response head alone.
+    pub fn channel(quiet: bool) -> (Self, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self(tx), rx)
+        (Self { tx, quiet }, rx)
     }
 
     /// Queues an ack; drops it when the client is not reading or is gone.
     pub fn send(&self, ack: Ack) {
-        if self.0.try_send(ack.to_line()).is_err() {
+        if self.quiet {
+            return;
+        }
+        if self.tx.try_send(ack.to_line()).is_err() {
             metrics::counter!(crate::metrics::ACKS_DROPPED).increment(1);
         }
     }
@@ -72,17 +101,36 @@ mod tests {
     #[test]
     fn lines_match_the_sdk_format() {
         let n = FragmentNumber::new(1_700_000_000_000, 7);
-        let l = Ack::Buffering { timecode: 1_700_000_000_000, number: n }.to_line();
+        let l = Ack::Buffering {
+            timecode: 1_700_000_000_000,
+            number: n,
+        }
+        .to_line();
         assert_eq!(
             std::str::from_utf8(&l).unwrap(),
-            format!("{{\"EventType\":\"BUFFERING\",\"FragmentTimecode\":1700000000000,\"FragmentNumber\":\"{n}\"}}\n")
+            format!(
+                "{{\"EventType\":\"BUFFERING\",\"FragmentTimecode\":1700000000000,\"FragmentNumber\":\"{n}\"}}\n"
+            )
         );
-        let e = Ack::Error { timecode: Some(5), number: None, error_id: 4006 }.to_line();
-        assert_eq!(&e[..], b"{\"EventType\":\"ERROR\",\"FragmentTimecode\":5,\"ErrorId\":4006}\n");
+        let e = Ack::Error {
+            timecode: Some(5),
+            number: None,
+            error_id: 4006,
+        }
+        .to_line();
+        assert_eq!(
+            &e[..],
+            b"{\"EventType\":\"ERROR\",\"FragmentTimecode\":5,\"ErrorId\":4006}\n"
+        );
         assert_eq!(&Ack::Idle.to_line()[..], b"{\"EventType\":\"IDLE\"}\n");
         // Every ack fits the C SDK's 1024-byte read limit and is flat JSON.
         let v: serde_json::Value = serde_json::from_slice(&l).unwrap();
-        assert!(v.as_object().unwrap().values().all(|v| !v.is_object() && !v.is_array()));
+        assert!(
+            v.as_object()
+                .unwrap()
+                .values()
+                .all(|v| !v.is_object() && !v.is_array())
+        );
         assert!(l.len() < 1024);
     }
 }

@@ -27,7 +27,11 @@ const SEQ_BLOCK: u64 = 64;
 pub enum LiveEvent {
     /// A new producer session began: its header elements (EBML header + pre-cluster
     /// level-1 elements).
-    Session { session_id: u64, header: Bytes, ebml_header_len: usize },
+    Session {
+        session_id: u64,
+        header: Bytes,
+        ebml_header_len: usize,
+    },
     /// A fragment began (BUFFERING).
     FragmentStart {
         seq: u64,
@@ -39,7 +43,10 @@ pub enum LiveEvent {
     /// One frame of the open fragment, re-based onto its cluster timecode.
     Frame { seq: u64, block: Bytes },
     /// The fragment is complete (RECEIVED), with the producer metadata that follows it.
-    FragmentEnd { seq: u64, metadata: Vec<(String, String)> },
+    FragmentEnd {
+        seq: u64,
+        metadata: Vec<(String, String)>,
+    },
     /// The fragment is durable and listed (PERSISTED).
     FragmentPersisted { seq: u64 },
     /// The fragment was rejected and will never be stored.
@@ -87,7 +94,10 @@ impl StreamRuntime {
 
     /// How long to wait before `bytes` more may be ingested under the rate cap.
     pub(crate) fn rate_delay(&self, bytes: usize) -> Duration {
-        self.rate.lock().expect("rate bucket").take(bytes as f64, std::time::Instant::now())
+        self.rate
+            .lock()
+            .expect("rate bucket")
+            .take(bytes as f64, std::time::Instant::now())
     }
 }
 
@@ -105,7 +115,8 @@ impl TokenBucket {
             return Duration::ZERO;
         }
         if let Some(last) = self.last {
-            self.tokens = (self.tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+            self.tokens =
+                (self.tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
         }
         self.last = Some(now);
         self.tokens -= n;
@@ -170,11 +181,18 @@ impl Ingest {
 
     /// Forgets a deleted stream's runtime state.
     pub fn forget(&self, stream_id: &str) {
-        self.streams.lock().expect("ingest registry").remove(stream_id);
+        self.streams
+            .lock()
+            .expect("ingest registry")
+            .remove(stream_id);
     }
 
     /// Takes a connection slot or fails with `ConnectionLimitExceededException`.
-    pub fn connect(&self, stream_id: &str, stream_name: &str) -> Result<(Arc<StreamRuntime>, ConnectionGuard)> {
+    pub fn connect(
+        &self,
+        stream_id: &str,
+        stream_name: &str,
+    ) -> Result<(Arc<StreamRuntime>, ConnectionGuard)> {
         let rt = self.runtime(stream_id);
         let max = self.settings.max_connections_per_stream;
         let prev = rt.connections.fetch_add(1, Ordering::SeqCst);
@@ -183,7 +201,9 @@ impl Ingest {
         if prev >= max {
             return Err(Error::new(
                 ErrorKind::ConnectionLimitExceeded,
-                format!("too many PutMedia connections for this stream: stream={stream_name} max={max}"),
+                format!(
+                    "too many PutMedia connections for this stream: stream={stream_name} max={max}"
+                ),
             ));
         }
         Ok((rt, guard))
@@ -212,7 +232,11 @@ mod tests {
         assert!((d.as_secs_f64() - 0.5).abs() < 1e-6, "{d:?}");
         // After waiting, the debt is paid.
         assert_eq!(b.take(0.0, t0 + Duration::from_secs(2)), Duration::ZERO);
-        let mut off = TokenBucket { rate: 0.0, tokens: 0.0, last: None };
+        let mut off = TokenBucket {
+            rate: 0.0,
+            tokens: 0.0,
+            last: None,
+        };
         assert_eq!(off.take(1e12, t0), Duration::ZERO);
     }
 

@@ -170,7 +170,8 @@ impl Driver {
                 None => self.held = Some(p),
             }
         }
-        self.fragmenter.push(&chunk, self.ctx.catalog.clock().now_ms());
+        self.fragmenter
+            .push(&chunk, self.ctx.catalog.clock().now_ms());
         self.drain().await;
         // Give back what the fragmenter no longer holds.
         let need = kib(self.fragmenter.buffered_bytes()) as usize;
@@ -204,7 +205,10 @@ impl Driver {
         let ctx = self.ctx.clone();
         match out {
             Output::Session(h) => {
-                let session_id = ctx.runtime.next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id).await?;
+                let session_id = ctx
+                    .runtime
+                    .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
+                    .await?;
                 self.session_id = Some(session_id);
                 let sealed = ctx
                     .key
@@ -224,7 +228,10 @@ impl Driver {
                 let _ = self.persist.send(Job::Session(rec)).await;
             }
             Output::FragmentStart(s) => {
-                let seq = ctx.runtime.next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id).await?;
+                let seq = ctx
+                    .runtime
+                    .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
+                    .await?;
                 self.open.insert(s.local_id, (seq, Instant::now()));
                 ctx.acks.send(Ack::Buffering {
                     timecode: s.cluster_timecode,
@@ -240,7 +247,10 @@ impl Driver {
             }
             Output::Frame(f) => {
                 if let Some((seq, _)) = self.open.get(&f.local_id) {
-                    ctx.runtime.publish(LiveEvent::Frame { seq: *seq, block: f.block });
+                    ctx.runtime.publish(LiveEvent::Frame {
+                        seq: *seq,
+                        block: f.block,
+                    });
                 }
             }
             Output::FragmentEnd(fragment) => {
@@ -271,7 +281,10 @@ impl Driver {
                 let _ = self.persist.send(job).await;
             }
             Output::Error(e) => {
-                let seq = e.local_id.and_then(|id| self.open.remove(&id)).map(|(s, _)| s);
+                let seq = e
+                    .local_id
+                    .and_then(|id| self.open.remove(&id))
+                    .map(|(s, _)| s);
                 metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => e.error_id.to_string()).increment(1);
                 tracing::info!(
                     stream = %ctx.stream.name,
@@ -296,7 +309,8 @@ impl Driver {
     /// Sends ERROR for every fragment that started but will not complete.
     fn fail_open_fragments(&mut self, error_id: u32) {
         for (_, (seq, _)) in self.open.drain() {
-            metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => error_id.to_string()).increment(1);
+            metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => error_id.to_string())
+                .increment(1);
             self.ctx.acks.send(Ack::Error {
                 timecode: None,
                 number: Some(FragmentNumber::new(self.ctx.stream.creation_ms, seq)),
@@ -308,7 +322,11 @@ impl Driver {
 }
 
 /// Persists jobs in order; PERSISTED only after object and row are durable.
-async fn persist_loop(ctx: Arc<SessionContext>, mut rx: mpsc::Receiver<Job>, abort: CancellationToken) {
+async fn persist_loop(
+    ctx: Arc<SessionContext>,
+    mut rx: mpsc::Receiver<Job>,
+    abort: CancellationToken,
+) {
     let keep = ctx.stream.retention_hours > 0;
     let mut failed_sessions = std::collections::HashSet::new();
     while let Some(job) = rx.recv().await {
@@ -341,7 +359,8 @@ async fn persist_loop(ctx: Arc<SessionContext>, mut rx: mpsc::Receiver<Job>, abo
                     continue;
                 }
                 let fail = |id: u32| {
-                    metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => id.to_string()).increment(1);
+                    metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => id.to_string())
+                        .increment(1);
                     ctx.acks.send(Ack::Error {
                         timecode: Some(tc),
                         number: Some(number),
@@ -356,9 +375,14 @@ async fn persist_loop(ctx: Arc<SessionContext>, mut rx: mpsc::Receiver<Job>, abo
                 match persist_fragment(&ctx, &fragment, seq, session_id).await {
                     Ok(()) => {
                         metrics::counter!(crate::metrics::INGEST_FRAGMENTS).increment(1);
-                        metrics::histogram!(crate::metrics::ACK_BUFFERING_TO_PERSISTED).record(buffering_at.elapsed().as_secs_f64());
-                        metrics::histogram!(crate::metrics::ACK_CLOSE_TO_PERSISTED).record(received_at.elapsed().as_secs_f64());
-                        ctx.acks.send(Ack::Persisted { timecode: tc, number });
+                        metrics::histogram!(crate::metrics::ACK_BUFFERING_TO_PERSISTED)
+                            .record(buffering_at.elapsed().as_secs_f64());
+                        metrics::histogram!(crate::metrics::ACK_CLOSE_TO_PERSISTED)
+                            .record(received_at.elapsed().as_secs_f64());
+                        ctx.acks.send(Ack::Persisted {
+                            timecode: tc,
+                            number,
+                        });
                         ctx.runtime.publish(LiveEvent::FragmentPersisted { seq });
                     }
                     Err(PersistError::StreamGone) => {
@@ -381,7 +405,12 @@ enum PersistError {
     Failed(String),
 }
 
-async fn persist_fragment(ctx: &SessionContext, f: &Fragment, seq: u64, session_id: u64) -> Result<(), PersistError> {
+async fn persist_fragment(
+    ctx: &SessionContext,
+    f: &Fragment,
+    seq: u64,
+    session_id: u64,
+) -> Result<(), PersistError> {
     let store = ctx.catalog.store();
     let stored = store
         .put_fragment(&ctx.key, seq, &f.cluster)
@@ -404,16 +433,23 @@ async fn persist_fragment(ctx: &SessionContext, f: &Fragment, seq: u64, session_
     match ctx.catalog.index().insert_fragment(rec).await {
         Ok(()) => Ok(()),
         Err(e) => {
-            let gone = matches!(ctx.catalog.index().get_stream_by_id(&ctx.stream.stream_id).await, Ok(None));
+            let gone = matches!(
+                ctx.catalog
+                    .index()
+                    .get_stream_by_id(&ctx.stream.stream_id)
+                    .await,
+                Ok(None)
+            );
             if gone {
                 Err(PersistError::StreamGone)
             } else {
                 Err(PersistError::Failed(match e {
-                    IndexError::DuplicateFragment { .. } => format!("fragment number already used: {e}"),
+                    IndexError::DuplicateFragment { .. } => {
+                        format!("fragment number already used: {e}")
+                    }
                     other => other.to_string(),
                 }))
             }
         }
     }
 }
-

@@ -166,10 +166,16 @@ pub struct PutResult {
 
 impl PutResult {
     pub fn events(&self, kind: &str) -> Vec<&serde_json::Value> {
-        self.acks.iter().filter(|a| a["EventType"] == kind).collect()
+        self.acks
+            .iter()
+            .filter(|a| a["EventType"] == kind)
+            .collect()
     }
     pub fn error_ids(&self) -> Vec<i64> {
-        self.events("ERROR").iter().map(|a| a["ErrorId"].as_i64().unwrap()).collect()
+        self.events("ERROR")
+            .iter()
+            .map(|a| a["ErrorId"].as_i64().unwrap())
+            .collect()
     }
 }
 
@@ -183,7 +189,9 @@ pub async fn put_media_stream(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    let mut req = format!("POST /putMedia HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nUser-Agent: streamvault-test\r\n");
+    let mut req = format!(
+        "POST /putMedia HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nUser-Agent: streamvault-test\r\n"
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -224,10 +232,14 @@ pub async fn put_media_stream(
 fn response_complete(mut buf: &[u8]) -> bool {
     // Skip interim `100 Continue` responses.
     while buf.starts_with(b"HTTP/1.1 100") {
-        let Some(p) = find(buf, b"\r\n\r\n") else { return false };
+        let Some(p) = find(buf, b"\r\n\r\n") else {
+            return false;
+        };
         buf = &buf[p + 4..];
     }
-    let Some(pos) = find(buf, b"\r\n\r\n") else { return false };
+    let Some(pos) = find(buf, b"\r\n\r\n") else {
+        return false;
+    };
     let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
     if head.contains("transfer-encoding: chunked") {
         find(&buf[pos..], b"\r\n0\r\n\r\n").is_some() || buf[pos + 4..].starts_with(b"0\r\n\r\n")
@@ -247,21 +259,32 @@ fn parse_put_response(buf: &[u8]) -> PutResult {
     // Skip interim 100 responses.
     let mut rest = buf;
     loop {
-        let Some(pos) = find(rest, b"\r\n\r\n") else { return out };
+        let Some(pos) = find(rest, b"\r\n\r\n") else {
+            return out;
+        };
         let head = String::from_utf8_lossy(&rest[..pos]).to_string();
         rest = &rest[pos + 4..];
         if head.starts_with("HTTP/1.1 100") {
             continue;
         }
-        out.status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         out.head = head;
         break;
     }
-    let body = if out.head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if out
+        .head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut body = Vec::new();
         let mut r = rest;
         while let Some(p) = find(r, b"\r\n") {
-            let n = usize::from_str_radix(std::str::from_utf8(&r[..p]).unwrap_or("0").trim(), 16).unwrap_or(0);
+            let n = usize::from_str_radix(std::str::from_utf8(&r[..p]).unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
             if n == 0 || r.len() < p + 2 + n {
                 break;
             }
@@ -274,14 +297,23 @@ fn parse_put_response(buf: &[u8]) -> PutResult {
     };
     let text = String::from_utf8_lossy(&body).to_string();
     if out.status == 200 {
-        out.acks = text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        out.acks = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     }
     out.body = text;
     out
 }
 
 /// Uploads `body` in chunks of `chunk` bytes (optionally paced).
-pub async fn put_media(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8], chunk: usize) -> PutResult {
+pub async fn put_media(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    chunk: usize,
+) -> PutResult {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let pieces: Vec<Vec<u8>> = body.chunks(chunk.max(1)).map(|c| c.to_vec()).collect();
     tokio::spawn(async move {
@@ -307,8 +339,15 @@ impl DataDir {
             data_dir: dir.to_owned(),
             ..Settings::default()
         };
-        let key = dir.join("keys").join(format!("{}.key", settings.keys.default_key_id));
-        let (ring, _) = streamvault::store::Keyring::load(&settings.keys.default_key_id, &key, &Default::default()).unwrap();
+        let key = dir
+            .join("keys")
+            .join(format!("{}.key", settings.keys.default_key_id));
+        let (ring, _) = streamvault::store::Keyring::load(
+            &settings.keys.default_key_id,
+            &key,
+            &Default::default(),
+        )
+        .unwrap();
         let objects = streamvault::store::object_store_from_settings(&settings).unwrap();
         Self {
             index: streamvault::index::sqlite::SqliteIndex::open(&settings.index_path()).unwrap(),
@@ -317,12 +356,28 @@ impl DataDir {
     }
 
     /// Every fragment of a stream, in order, with its decrypted bytes.
-    pub async fn fragments(&self, stream: &str) -> Vec<(streamvault::index::FragmentRecord, bytes::Bytes)> {
+    pub async fn fragments(
+        &self,
+        stream: &str,
+    ) -> Vec<(streamvault::index::FragmentRecord, bytes::Bytes)> {
         use streamvault::index::Index;
         let name = streamvault::model::StreamName::parse(stream).unwrap();
-        let s = self.index.get_stream(&name).await.unwrap().expect("stream exists");
-        let key = self.store.keyring().unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key).unwrap();
-        let rows = self.index.fragments_after(&s.stream_id, None, 1_000_000).await.unwrap();
+        let s = self
+            .index
+            .get_stream(&name)
+            .await
+            .unwrap()
+            .expect("stream exists");
+        let key = self
+            .store
+            .keyring()
+            .unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key)
+            .unwrap();
+        let rows = self
+            .index
+            .fragments_after(&s.stream_id, None, 1_000_000)
+            .await
+            .unwrap();
         let mut out = Vec::new();
         for r in rows {
             let b = self.store.get_fragment(&key, r.seq).await.unwrap();
@@ -333,7 +388,9 @@ impl DataDir {
 }
 
 pub fn shared_media(rel: &str) -> Option<Vec<u8>> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/media").join(rel);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/media")
+        .join(rel);
     match std::fs::read(&p) {
         Ok(b) => Some(b),
         Err(_) => {
@@ -344,7 +401,9 @@ pub fn shared_media(rel: &str) -> Option<Vec<u8>> {
 }
 
 pub fn sample(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("media-samples").join(name);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("media-samples")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -352,7 +411,11 @@ pub fn sample(name: &str) -> Vec<u8> {
 /// Under CI the tools are installed by .ci/run, so absence there is a failure.
 pub fn have_tool(name: &str) -> bool {
     let ok = std::process::Command::new(name)
-        .arg(if name == "gst-launch-1.0" { "--version" } else { "-version" })
+        .arg(if name == "gst-launch-1.0" {
+            "--version"
+        } else {
+            "-version"
+        })
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -384,7 +447,12 @@ pub fn frames_of(bytes: &[u8]) -> Vec<FrameKey> {
     let mut out = Vec::new();
     let mut on = |ev: Event, tc: &mut i64| match ev {
         Event::ClusterTimecode { value, .. } => *tc = value as i64,
-        Event::Block(b) => out.push((b.track, *tc + i64::from(b.timecode), b.keyframe, b.frame().to_vec())),
+        Event::Block(b) => out.push((
+            b.track,
+            *tc + i64::from(b.timecode),
+            b.keyframe,
+            b.frame().to_vec(),
+        )),
         _ => {}
     };
     while let Ok(Some(ev)) = r.next_event() {
