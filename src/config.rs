@@ -47,6 +47,8 @@ pub struct Settings {
     pub keys: KeySettings,
     /// PutMedia ingest limits.
     pub ingest: IngestSettings,
+    /// Read API limits (GetMedia, ListFragments, GetMediaForFragmentList).
+    pub media: MediaSettings,
     /// Background deletion (DeleteStream sweeps, orphan clean-up).
     pub gc: GcSettings,
 }
@@ -65,6 +67,7 @@ impl Default for Settings {
             store: StoreSettings::default(),
             keys: KeySettings::default(),
             ingest: IngestSettings::default(),
+            media: MediaSettings::default(),
             gc: GcSettings::default(),
         }
     }
@@ -196,6 +199,23 @@ impl Default for IngestSettings {
             memory_budget_bytes: 512 << 20,
             idle_ack_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Read API limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// Concurrent GetMedia connections per stream; one more answers
+    /// `ConnectionLimitExceededException`. Default 64 (AWS: 3).
+    pub max_readers_per_stream: usize,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            max_readers_per_stream: 64,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod fragmenter;
 pub mod gc;
 pub mod index;
 pub mod ingest;
+pub mod media;
 pub mod metrics;
 pub mod mkv;
 pub mod model;

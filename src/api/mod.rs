@@ -2,9 +2,11 @@
 //! response passes through (request id, metrics, one log line per failed request) and a
 //! JSON fallback for unknown paths.
 
+pub mod archived;
 pub mod control;
 pub mod error;
 pub mod json;
+pub mod media;
 pub mod put_media;
 
 use std::sync::Arc;
@@ -72,6 +74,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(control::router())
         .merge(put_media::router())
+        .merge(media::router())
+        .merge(archived::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn(observe))

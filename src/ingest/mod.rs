@@ -5,13 +5,14 @@
 pub mod ack;
 pub mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestSettings;
 use crate::error::{Error, ErrorKind, Result};
@@ -22,30 +23,26 @@ pub const LIVE_CHANNEL: usize = 4096;
 /// Fragment numbers reserved per index write.
 const SEQ_BLOCK: u64 = 64;
 
+/// The header elements of one producer session, shared by its fragments.
+#[derive(Debug)]
+pub struct SessionHeaderBytes {
+    pub session_id: u64,
+    /// EBML header followed by the pre-cluster level-1 elements.
+    pub bytes: Bytes,
+    pub ebml_header_len: usize,
+}
+
 /// What the live hand-off publishes, in ingestion order.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
-    /// A new producer session began: its header elements (EBML header + pre-cluster
-    /// level-1 elements).
-    Session {
-        session_id: u64,
-        header: Bytes,
-        ebml_header_len: usize,
-    },
     /// A fragment began (BUFFERING).
-    FragmentStart {
-        seq: u64,
-        session_id: u64,
-        cluster_timecode: u64,
-        producer_ts_ms: i64,
-        server_ts_ms: i64,
-    },
+    FragmentStart(Arc<FragmentInfo>),
     /// One frame of the open fragment, re-based onto its cluster timecode.
     Frame { seq: u64, block: Bytes },
     /// The fragment is complete (RECEIVED), with the producer metadata that follows it.
     FragmentEnd {
         seq: u64,
-        metadata: Vec<(String, String)>,
+        metadata: Arc<Vec<(String, String)>>,
     },
     /// The fragment is durable and listed (PERSISTED).
     FragmentPersisted { seq: u64 },
@@ -53,13 +50,94 @@ pub enum LiveEvent {
     FragmentDropped { seq: u64 },
 }
 
+/// Identity and timing of a live fragment.
+#[derive(Debug)]
+pub struct FragmentInfo {
+    pub seq: u64,
+    pub header: Arc<SessionHeaderBytes>,
+    pub cluster_timecode: u64,
+    pub producer_ts_ms: i64,
+    pub server_ts_ms: i64,
+}
+
+/// A fragment held in memory for live readers.
+#[derive(Debug, Clone)]
+pub struct LiveFragment {
+    pub info: Arc<FragmentInfo>,
+    pub frames: Vec<Bytes>,
+    /// `Some` once complete (RECEIVED).
+    pub metadata: Option<Arc<Vec<(String, String)>>>,
+    bytes: usize,
+}
+
+/// What a new live reader starts from: the last completed fragments (which may not be
+/// persisted yet) and the open one, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSnapshot {
+    pub fragments: Vec<LiveFragment>,
+}
+
+/// Completed fragments kept for live readers: enough to cover the persist queue, so a
+/// reader switching from storage to live never misses a fragment that is complete but
+/// not yet listed; also the whole live buffer of retention-0 streams.
+const RECENT_FRAGMENTS: usize = 8;
+const RECENT_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Default)]
+struct LiveState {
+    recent: VecDeque<LiveFragment>,
+    open: Option<LiveFragment>,
+}
+
+impl LiveState {
+    fn apply(&mut self, ev: &LiveEvent) {
+        match ev {
+            LiveEvent::FragmentStart(info) => {
+                self.open = Some(LiveFragment {
+                    info: info.clone(),
+                    frames: Vec::new(),
+                    metadata: None,
+                    bytes: 0,
+                });
+            }
+            LiveEvent::Frame { seq, block } => {
+                if let Some(f) = self.open.as_mut().filter(|f| f.info.seq == *seq) {
+                    f.bytes += block.len();
+                    f.frames.push(block.clone());
+                }
+            }
+            LiveEvent::FragmentEnd { seq, metadata } => {
+                if let Some(mut f) = self.open.take_if(|f| f.info.seq == *seq) {
+                    f.metadata = Some(metadata.clone());
+                    self.recent.push_back(f);
+                    let mut total: usize = self.recent.iter().map(|f| f.bytes).sum();
+                    while self.recent.len() > RECENT_FRAGMENTS
+                        || (total > RECENT_BYTES && self.recent.len() > 1)
+                    {
+                        total -= self.recent.pop_front().map_or(0, |f| f.bytes);
+                    }
+                }
+            }
+            LiveEvent::FragmentDropped { seq } => {
+                self.open.take_if(|f| f.info.seq == *seq);
+                self.recent.retain(|f| f.info.seq != *seq);
+            }
+            LiveEvent::FragmentPersisted { .. } => {}
+        }
+    }
+}
+
 /// Runtime state of one stream.
 #[derive(Debug)]
 pub struct StreamRuntime {
     connections: AtomicUsize,
+    readers: AtomicUsize,
     rate: Mutex<TokenBucket>,
     seq: tokio::sync::Mutex<SeqBlock>,
     live: broadcast::Sender<LiveEvent>,
+    state: Mutex<LiveState>,
+    /// Cancelled when the stream is deleted: live readers end.
+    deleted: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -68,15 +146,51 @@ struct SeqBlock {
     end: u64,
 }
 
+/// Holds one GetMedia reader slot of a stream; released on drop.
+#[derive(Debug)]
+pub struct ReaderGuard(Arc<StreamRuntime>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl StreamRuntime {
-    /// Subscribes to the live hand-off.
-    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
-        self.live.subscribe()
+    /// Subscribes to the live hand-off and returns what is in memory right now; no event
+    /// falls between the snapshot and the subscription.
+    pub fn subscribe(&self) -> (LiveSnapshot, broadcast::Receiver<LiveEvent>) {
+        let st = self.state.lock().expect("live state");
+        let rx = self.live.subscribe();
+        let fragments = st.recent.iter().chain(st.open.iter()).cloned().collect();
+        (LiveSnapshot { fragments }, rx)
+    }
+
+    /// Completes when the stream is deleted.
+    pub fn deleted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.deleted.cancelled()
     }
 
     pub(crate) fn publish(&self, ev: LiveEvent) {
+        let mut st = self.state.lock().expect("live state");
+        st.apply(&ev);
         // No receivers is normal.
         let _ = self.live.send(ev);
+    }
+
+    /// Takes a GetMedia reader slot or fails with `ConnectionLimitExceededException`.
+    pub fn add_reader(self: &Arc<Self>, max: usize, stream_name: &str) -> Result<ReaderGuard> {
+        let prev = self.readers.fetch_add(1, Ordering::SeqCst);
+        let guard = ReaderGuard(self.clone());
+        if prev >= max {
+            return Err(Error::new(
+                ErrorKind::ConnectionLimitExceeded,
+                format!(
+                    "too many GetMedia connections for this stream: stream={stream_name} max={max}"
+                ),
+            ));
+        }
+        Ok(guard)
     }
 
     /// Next fragment sequence number; reservations are durable before use.
@@ -167,6 +281,9 @@ impl Ingest {
             .or_insert_with(|| {
                 Arc::new(StreamRuntime {
                     connections: AtomicUsize::new(0),
+                    readers: AtomicUsize::new(0),
+                    state: Mutex::default(),
+                    deleted: CancellationToken::new(),
                     rate: Mutex::new(TokenBucket {
                         rate: self.settings.max_bytes_per_second as f64,
                         tokens: self.settings.max_bytes_per_second as f64,

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{Ack, AckSender};
-use super::{Ingest, LiveEvent, StreamRuntime};
+use super::{FragmentInfo, Ingest, LiveEvent, SessionHeaderBytes, StreamRuntime};
 use crate::check::content_hash;
 use crate::fragmenter::{self, Fragment, Fragmenter, Output, TimecodeMode};
 use crate::index::{FragmentRecord, IndexError, SessionRecord, StreamRecord};
@@ -67,6 +67,7 @@ struct Driver {
     /// Fragmenter-local id → (sequence number, BUFFERING time).
     open: HashMap<u64, (u64, Instant)>,
     session_id: Option<u64>,
+    header: Option<Arc<SessionHeaderBytes>>,
     persist: mpsc::Sender<Job>,
     held: Option<OwnedSemaphorePermit>,
     /// Set by the persister when the stream was deleted under us.
@@ -99,6 +100,7 @@ where
         ctx: ctx.clone(),
         open: HashMap::new(),
         session_id: None,
+        header: None,
         persist: persist_tx,
         held: None,
         abort: abort.clone(),
@@ -214,11 +216,11 @@ impl Driver {
                     .key
                     .seal(BlobKind::SessionHeader, session_id, &h.header)
                     .map_err(|e| crate::error::Error::internal(e.to_string()))?;
-                ctx.runtime.publish(LiveEvent::Session {
+                self.header = Some(Arc::new(SessionHeaderBytes {
                     session_id,
-                    header: h.header,
+                    bytes: h.header,
                     ebml_header_len: h.ebml_header_len,
-                });
+                }));
                 let rec = SessionRecord {
                     stream_id: ctx.stream.stream_id.clone(),
                     session_id,
@@ -237,13 +239,16 @@ impl Driver {
                     timecode: s.cluster_timecode,
                     number: self.number(seq),
                 });
-                ctx.runtime.publish(LiveEvent::FragmentStart {
-                    seq,
-                    session_id: self.session_id.unwrap_or_default(),
-                    cluster_timecode: s.cluster_timecode,
-                    producer_ts_ms: s.producer_ts_ms,
-                    server_ts_ms: s.server_ts_ms,
-                });
+                if let Some(header) = &self.header {
+                    ctx.runtime
+                        .publish(LiveEvent::FragmentStart(Arc::new(FragmentInfo {
+                            seq,
+                            header: header.clone(),
+                            cluster_timecode: s.cluster_timecode,
+                            producer_ts_ms: s.producer_ts_ms,
+                            server_ts_ms: s.server_ts_ms,
+                        })));
+                }
             }
             Output::Frame(f) => {
                 if let Some((seq, _)) = self.open.get(&f.local_id) {
@@ -263,7 +268,7 @@ impl Driver {
                 });
                 ctx.runtime.publish(LiveEvent::FragmentEnd {
                     seq,
-                    metadata: fragment.metadata.clone(),
+                    metadata: Arc::new(fragment.metadata.clone()),
                 });
                 let permits = self.held.as_mut().and_then(|h| {
                     let n = kib(fragment.cluster.len()).min(h.num_permits() as u32) as usize;

@@ -504,3 +504,149 @@ pub fn clusters_of(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
     }
     out
 }
+
+impl TestServer {
+    pub async fn media(&self) -> aws_sdk_kinesisvideomedia::Client {
+        let conf = aws_sdk_kinesisvideomedia::config::Builder::from(&self.sdk_config().await)
+            .stalled_stream_protection(
+                aws_sdk_kinesisvideomedia::config::StalledStreamProtectionConfig::disabled(),
+            )
+            .build();
+        aws_sdk_kinesisvideomedia::Client::from_conf(conf)
+    }
+
+    pub async fn archived(&self) -> aws_sdk_kinesisvideoarchivedmedia::Client {
+        aws_sdk_kinesisvideoarchivedmedia::Client::new(&self.sdk_config().await)
+    }
+}
+
+/// Incremental parse of a GetMedia response: chunks with their tags and frames.
+#[derive(Debug, Default, Clone)]
+pub struct Chunk {
+    /// Top-level element kinds in order: "EBML", "Segment", "Info", "Tracks", "Tags", "Cluster", …
+    pub layout: Vec<String>,
+    /// (tag name, value) in order.
+    pub tags: Vec<(String, String)>,
+    pub frames: Vec<FrameKey>,
+}
+
+impl Chunk {
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct ChunkParser {
+    reader: streamvault::mkv::Reader,
+    tc: i64,
+    pub chunks: Vec<Chunk>,
+}
+
+impl Default for ChunkParser {
+    fn default() -> Self {
+        Self {
+            reader: streamvault::mkv::Reader::new(streamvault::mkv::Limits::default()),
+            tc: 0,
+            chunks: Vec::new(),
+        }
+    }
+}
+
+impl ChunkParser {
+    pub fn push(&mut self, b: &[u8]) {
+        self.reader.push(b);
+        while let Ok(Some(ev)) = self.reader.next_event() {
+            self.on(ev);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        while let Ok(Some(ev)) = self.reader.finish() {
+            self.on(ev);
+        }
+    }
+
+    fn on(&mut self, ev: streamvault::mkv::Event) {
+        use streamvault::mkv::{self, Event, ids};
+        match ev {
+            Event::EbmlHeader { .. } => {
+                self.chunks.push(Chunk::default());
+                self.layout("EBML");
+            }
+            Event::SegmentStart { .. } => self.layout("Segment"),
+            Event::TopLevel { id, raw, .. } => {
+                let name = match id {
+                    ids::INFO => "Info",
+                    ids::TRACKS => "Tracks",
+                    ids::TAGS => "Tags",
+                    ids::SEEK_HEAD => "SeekHead",
+                    _ => "Other",
+                };
+                self.layout(name);
+                if id == ids::TAGS {
+                    let tags = mkv::parse_tags(&raw).unwrap();
+                    if let Some(c) = self.chunks.last_mut() {
+                        c.tags.extend(
+                            tags.into_iter()
+                                .map(|t| (t.name.clone(), t.as_str().unwrap_or("").to_owned())),
+                        );
+                    }
+                }
+            }
+            Event::Skipped { .. } => {}
+            Event::ClusterStart { .. } => self.layout("Cluster"),
+            Event::ClusterTimecode { value, .. } => self.tc = value as i64,
+            Event::Block(b) => {
+                let tc = self.tc;
+                if let Some(c) = self.chunks.last_mut() {
+                    c.frames.push((
+                        b.track,
+                        tc + i64::from(b.timecode),
+                        b.keyframe,
+                        b.frame().to_vec(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn layout(&mut self, s: &str) {
+        if let Some(c) = self.chunks.last_mut() {
+            c.layout.push(s.to_owned());
+        }
+    }
+
+    /// Chunks whose trailing CONTINUATION_TOKEN arrived (complete GetMedia chunks).
+    pub fn complete(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter(|c| c.tag("AWS_KINESISVIDEO_CONTINUATION_TOKEN").is_some())
+            .count()
+    }
+}
+
+/// Reads a GetMedia payload until `n` complete chunks arrived (or `limit` passes).
+pub async fn read_chunks(
+    payload: &mut aws_sdk_kinesisvideomedia::primitives::ByteStream,
+    n: usize,
+    limit: std::time::Duration,
+) -> (ChunkParser, Vec<u8>) {
+    let mut p = ChunkParser::default();
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while p.complete() < n {
+        match tokio::time::timeout_at(deadline, payload.next()).await {
+            Ok(Some(Ok(b))) => {
+                raw.extend_from_slice(&b);
+                p.push(&b);
+            }
+            _ => break,
+        }
+    }
+    (p, raw)
+}

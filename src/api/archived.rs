@@ -1,0 +1,364 @@
+//! Archived media (kinesis-video-archived-media): `POST /listFragments` and
+//! `POST /getMediaForFragmentList`. Both read only what is persisted: a fragment is
+//! listed as soon as its PERSISTED ack is sent (its index row is committed first).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::json::KvsJson;
+use super::media::own_fragment_seq;
+use crate::clock::{epoch_ms_from_json_secs, epoch_secs_json};
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
+use crate::media::chunk;
+use crate::model::FragmentNumber;
+use crate::store::BlobKind;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/listFragments", post(list_fragments))
+        .route(
+            "/getMediaForFragmentList",
+            post(get_media_for_fragment_list),
+        )
+}
+
+/// Archived APIs need stored data.
+pub fn require_retention(s: &StreamRecord) -> Result<()> {
+    if s.retention_hours == 0 {
+        return Err(Error::new(
+            ErrorKind::NoDataRetention,
+            format!("stream keeps no data (retention 0): stream={}", s.name),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TimestampRange {
+    start_timestamp: Option<f64>,
+    end_timestamp: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct FragmentSelector {
+    fragment_selector_type: Option<String>,
+    timestamp_range: Option<TimestampRange>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListFragmentsInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+    fragment_selector: Option<FragmentSelector>,
+}
+
+/// The query a ListFragments page continues.
+#[derive(Debug, Clone, PartialEq)]
+struct Cursor {
+    kind: TimestampKind,
+    start_ms: i64,
+    end_ms: i64,
+    after: Option<(i64, u64)>,
+}
+
+impl Cursor {
+    fn token(&self) -> String {
+        let k = match self.kind {
+            TimestampKind::Producer => "P",
+            TimestampKind::Server => "S",
+        };
+        let (t, s) = self.after.unwrap_or((i64::MIN, 0));
+        B64.encode(format!("v1 {k} {} {} {t} {s}", self.start_ms, self.end_ms))
+    }
+
+    fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::invalid("NextToken is not a token this server issued");
+        let raw = String::from_utf8(B64.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+        let p: Vec<&str> = raw.split(' ').collect();
+        if p.len() != 6 || p[0] != "v1" {
+            return Err(bad());
+        }
+        let kind = match p[1] {
+            "P" => TimestampKind::Producer,
+            "S" => TimestampKind::Server,
+            _ => return Err(bad()),
+        };
+        let n = |s: &str| s.parse::<i64>().map_err(|_| bad());
+        Ok(Self {
+            kind,
+            start_ms: n(p[2])?,
+            end_ms: n(p[3])?,
+            after: Some((n(p[4])?, p[5].parse().map_err(|_| bad())?)),
+        })
+    }
+}
+
+fn fragment_json(stream: &StreamRecord, f: &FragmentRecord) -> Value {
+    json!({
+        "FragmentNumber": FragmentNumber::new(stream.creation_ms, f.seq).to_string(),
+        "FragmentSizeInBytes": f.size,
+        "ProducerTimestamp": epoch_secs_json(f.producer_ts_ms),
+        "ServerTimestamp": epoch_secs_json(f.server_ts_ms),
+        "FragmentLengthInMilliseconds": f.duration_ms,
+    })
+}
+
+async fn list_fragments(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<ListFragmentsInput>,
+) -> Result<Json<Value>> {
+    let limit = i.max_results.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid(format!(
+            "MaxResults must be between 1 and 1000: value={limit}"
+        )));
+    }
+    let cursor = match (
+        i.next_token.as_deref().filter(|t| !t.is_empty()),
+        i.fragment_selector,
+    ) {
+        (Some(t), _) => Cursor::parse(t)?,
+        (None, Some(sel)) => {
+            let kind = match sel.fragment_selector_type.as_deref() {
+                Some("PRODUCER_TIMESTAMP") => TimestampKind::Producer,
+                Some("SERVER_TIMESTAMP") => TimestampKind::Server,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "FragmentSelectorType must be PRODUCER_TIMESTAMP or SERVER_TIMESTAMP: value={other:?}"
+                    )));
+                }
+            };
+            let r = sel
+                .timestamp_range
+                .ok_or_else(|| Error::invalid("TimestampRange is required"))?;
+            let ms = |v: Option<f64>, name: &str| {
+                v.and_then(epoch_ms_from_json_secs)
+                    .ok_or_else(|| Error::invalid(format!("TimestampRange.{name} is required")))
+            };
+            let (start_ms, end_ms) = (
+                ms(r.start_timestamp, "StartTimestamp")?,
+                ms(r.end_timestamp, "EndTimestamp")?,
+            );
+            if end_ms < start_ms {
+                return Err(Error::invalid(
+                    "EndTimestamp must not be before StartTimestamp",
+                ));
+            }
+            Cursor {
+                kind,
+                start_ms,
+                end_ms,
+                after: None,
+            }
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "FragmentSelector is required when NextToken is absent",
+            ));
+        }
+    };
+    let stream = state
+        .catalog
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
+        .await?;
+    require_retention(&stream)?;
+    let limit = limit as usize;
+    let mut rows = state
+        .catalog
+        .index()
+        .fragments_in_range(
+            &stream.stream_id,
+            cursor.kind,
+            cursor.start_ms,
+            cursor.end_ms,
+            cursor.after,
+            limit + 1,
+        )
+        .await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let list: Vec<Value> = rows.iter().map(|f| fragment_json(&stream, f)).collect();
+    let mut out = json!({ "Fragments": list });
+    if more && let Some(last) = rows.last() {
+        let ts = match cursor.kind {
+            TimestampKind::Producer => last.producer_ts_ms,
+            TimestampKind::Server => last.server_ts_ms,
+        };
+        out["NextToken"] = json!(
+            Cursor {
+                after: Some((ts, last.seq)),
+                ..cursor
+            }
+            .token()
+        );
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct FragmentListInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    fragments: Option<Vec<String>>,
+}
+
+async fn get_media_for_fragment_list(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<FragmentListInput>,
+) -> Result<Response> {
+    let numbers = i
+        .fragments
+        .ok_or_else(|| Error::invalid("Fragments is required"))?;
+    if numbers.is_empty() || numbers.len() > 1000 {
+        return Err(Error::invalid(format!(
+            "Fragments must hold 1 to 1000 fragment numbers: count={}",
+            numbers.len()
+        )));
+    }
+    let stream = state
+        .catalog
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
+        .await?;
+    require_retention(&stream)?;
+    // Resolve every number before answering, so unknown ones are a clear error.
+    let mut rows = Vec::with_capacity(numbers.len());
+    let mut missing = Vec::new();
+    for n in &numbers {
+        let row = match own_fragment_seq(&stream, "Fragments", n) {
+            Ok(seq) => {
+                state
+                    .catalog
+                    .index()
+                    .get_fragment(&stream.stream_id, seq)
+                    .await?
+            }
+            Err(_) => None,
+        };
+        match row {
+            Some(r) => rows.push(r),
+            None => missing.push(n.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        return Err(Error::not_found(format!(
+            "fragments not found: count={} fragments={}",
+            missing.len(),
+            shown.join(",")
+        )));
+    }
+    let key = state.catalog.data_key(&stream)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let catalog = state.catalog.clone();
+    tokio::spawn(async move {
+        let mut sessions: std::collections::HashMap<u64, (bytes::Bytes, usize)> =
+            Default::default();
+        for row in rows {
+            let number = FragmentNumber::new(stream.creation_ms, row.seq).to_string();
+            let mut b = Vec::new();
+            let header = match sessions.get(&row.session_id) {
+                Some(h) => Ok(h.clone()),
+                None => match catalog
+                    .index()
+                    .get_session(&stream.stream_id, row.session_id)
+                    .await
+                {
+                    Ok(Some(rec)) => key
+                        .open(BlobKind::SessionHeader, row.session_id, &rec.header_sealed)
+                        .map(|h| {
+                            let len = chunk::ebml_header_len(&h);
+                            (bytes::Bytes::from(h), len)
+                        })
+                        .map_err(|e| e.to_string()),
+                    Ok(None) => Err("session header missing".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let cluster = catalog.store().get_fragment(&key, row.seq).await;
+            match (header, cluster) {
+                (Ok(h), Ok(cluster)) => {
+                    sessions.insert(row.session_id, h.clone());
+                    chunk::prefix(
+                        &mut b,
+                        &h.0,
+                        h.1,
+                        &number,
+                        row.server_ts_ms,
+                        row.producer_ts_ms,
+                    );
+                    b.extend_from_slice(&cluster);
+                    chunk::metadata(&mut b, &row.metadata);
+                }
+                (h, c) => {
+                    let why = h
+                        .err()
+                        .or(c.err().map(|e| e.to_string()))
+                        .unwrap_or_default();
+                    tracing::error!(fragment = %number, error = %why, "fragment unreadable");
+                    chunk::error(&mut b, Some(&number), "fragment unreadable", 5000);
+                }
+            }
+            if tx.send(bytes::Bytes::from(b)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "video/webm")
+        .body(Body::from_stream(body))
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let c = Cursor {
+            kind: TimestampKind::Server,
+            start_ms: 1,
+            end_ms: 2,
+            after: Some((1_700_000_000_000, 42)),
+        };
+        let t = c.token();
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        );
+        assert_eq!(Cursor::parse(&t).unwrap(), c);
+        assert!(Cursor::parse("bm9wZQ==").is_err());
+        assert!(Cursor::parse("!!").is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! `POST /getMedia` (kinesis-video-media): validates the request, picks the start point
+//! for every StartSelectorType, and streams `media::Reader`'s chunks as `video/webm`.
+//! Errors before the first byte are JSON errors; later ones are error chunks.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use axum::routing::post;
+use serde::Deserialize;
+
+use super::AppState;
+use super::json::KvsJson;
+use crate::clock::epoch_ms_from_json_secs;
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::{StreamRecord, TimestampKind};
+use crate::media::{self, Start};
+use crate::model::FragmentNumber;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/getMedia", post(get_media))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct StartSelector {
+    start_selector_type: Option<String>,
+    after_fragment_number: Option<String>,
+    start_timestamp: Option<f64>,
+    continuation_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetMediaInput {
+    stream_name: Option<String>,
+    #[serde(rename = "StreamARN")]
+    stream_arn: Option<String>,
+    start_selector: Option<StartSelector>,
+}
+
+/// A fragment number of this stream (any of its fragments, stored or not).
+pub fn own_fragment_seq(stream: &StreamRecord, member: &str, value: &str) -> Result<u64> {
+    match FragmentNumber::parse(value)? {
+        Some(n) if n.stream_creation_ms == stream.creation_ms => Ok(n.seq),
+        _ => Err(Error::invalid(format!(
+            "{member} is not a fragment number of this stream: stream={} value={value}",
+            stream.name
+        ))),
+    }
+}
+
+async fn start_of(state: &AppState, stream: &StreamRecord, sel: StartSelector) -> Result<Start> {
+    let kind = sel
+        .start_selector_type
+        .ok_or_else(|| Error::invalid("StartSelector.StartSelectorType is required"))?;
+    let after = |seq: u64| Start::After(seq.checked_sub(1));
+    Ok(match kind.as_str() {
+        "NOW" => Start::Now,
+        "EARLIEST" => Start::After(None),
+        "FRAGMENT_NUMBER" => {
+            let n = sel.after_fragment_number.ok_or_else(|| {
+                Error::invalid("AfterFragmentNumber is required for FRAGMENT_NUMBER")
+            })?;
+            Start::After(Some(own_fragment_seq(stream, "AfterFragmentNumber", &n)?))
+        }
+        "CONTINUATION_TOKEN" => {
+            let t = sel.continuation_token.ok_or_else(|| {
+                Error::invalid("ContinuationToken is required for CONTINUATION_TOKEN")
+            })?;
+            Start::After(Some(own_fragment_seq(stream, "ContinuationToken", &t)?))
+        }
+        "SERVER_TIMESTAMP" | "PRODUCER_TIMESTAMP" => {
+            let ts = sel
+                .start_timestamp
+                .and_then(epoch_ms_from_json_secs)
+                .ok_or_else(|| Error::invalid(format!("StartTimestamp is required for {kind}")))?;
+            let tk = if kind == "SERVER_TIMESTAMP" {
+                TimestampKind::Server
+            } else {
+                TimestampKind::Producer
+            };
+            let max_ms = state.settings.ingest.max_fragment_duration.as_millis() as i64;
+            match media::fragment_at(
+                state.catalog.index().as_ref(),
+                &stream.stream_id,
+                tk,
+                ts,
+                max_ms,
+            )
+            .await?
+            {
+                Some(seq) => after(seq),
+                // Past the last fragment: continue with what arrives next.
+                None => Start::After(
+                    state
+                        .catalog
+                        .index()
+                        .last_fragment(&stream.stream_id)
+                        .await?
+                        .map(|f| f.seq),
+                ),
+            }
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "StartSelectorType must be NOW, EARLIEST, FRAGMENT_NUMBER, SERVER_TIMESTAMP, PRODUCER_TIMESTAMP or CONTINUATION_TOKEN: value={other}"
+            )));
+        }
+    })
+}
+
+async fn get_media(
+    State(state): State<AppState>,
+    KvsJson(i): KvsJson<GetMediaInput>,
+) -> Result<Response> {
+    let stream = state
+        .catalog
+        .resolve(
+            i.stream_name.as_deref(),
+            i.stream_arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
+        .await?;
+    let sel = i
+        .start_selector
+        .ok_or_else(|| Error::invalid("StartSelector is required"))?;
+    let start = start_of(&state, &stream, sel).await?;
+    let runtime = state.ingest.runtime(&stream.stream_id);
+    let guard = runtime.add_reader(
+        state.settings.media.max_readers_per_stream,
+        stream.name.as_str(),
+    )?;
+    let key = state.catalog.data_key(&stream)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(32);
+    let reader = media::Reader::new(state.catalog.clone(), stream, key, runtime, tx);
+    tokio::spawn(async move {
+        reader.run(start).await;
+        drop(guard);
+    });
+    let body = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "video/webm")
+        .body(Body::from_stream(body))
+        .map_err(|e| Error::internal(e.to_string()))
+}
