@@ -285,7 +285,7 @@ impl Settings {
                 continue;
             };
             // Variables read elsewhere (the CLI, the test suite), not settings.
-            if matches!(rest, "LOG" | "CONFIG" | "AWS_CLI" | "PYTHON") {
+            if matches!(rest, "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();

@@ -564,3 +564,203 @@ async fn retention_zero_serves_now_from_memory_only() {
     assert_eq!(err.code(), Some("NoDataRetentionException"), "{err:?}");
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tail_sees_each_frame_before_its_fragment_is_persisted() {
+    use std::process::Stdio;
+    use std::time::Instant;
+    use tokio::io::AsyncReadExt;
+    if !have_tool("ffmpeg") {
+        return;
+    }
+    let srv = TestServer::start().await;
+    create(&srv, "live", 24).await;
+    // The reader is at the live edge before the camera starts.
+    let out = srv
+        .media()
+        .await
+        .get_media()
+        .stream_name("live")
+        .start_selector(selector(StartSelectorType::Now).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut payload = out.payload;
+    let reader = tokio::spawn(async move {
+        let mut p = ChunkParser::default();
+        // Per fragment number: arrival time of each frame.
+        let mut seen: Vec<(String, Vec<Instant>)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while p.complete() < 4 {
+            let Ok(Some(Ok(b))) = tokio::time::timeout_at(deadline, payload.next()).await else {
+                break;
+            };
+            p.push(&b);
+            let now = Instant::now();
+            for (i, c) in p.chunks.iter().enumerate() {
+                if seen.len() <= i {
+                    seen.push((
+                        c.tag("AWS_KINESISVIDEO_FRAGMENT_NUMBER")
+                            .unwrap_or_default()
+                            .to_owned(),
+                        Vec::new(),
+                    ));
+                }
+                while seen[i].1.len() < c.frames.len() {
+                    seen[i].1.push(now);
+                }
+            }
+        }
+        seen
+    });
+    let mut ff = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-t",
+            "6",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-keyint_min",
+            "30",
+        ])
+        .args([
+            "-sc_threshold",
+            "0",
+            "-f",
+            "matroska",
+            "-live",
+            "1",
+            "-cluster_time_limit",
+            "1100",
+            "-cluster_size_limit",
+            "50000000",
+            "pipe:1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = ff.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32768];
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let acks = put_media_stream(srv.addr, &[("x-amzn-stream-name", "live")], rx).await;
+    assert!(ff.wait().await.unwrap().success());
+    let seen = reader.await.unwrap();
+    assert!(seen.len() >= 4, "live chunks: {}", seen.len());
+    let mut checked = 0;
+    for (number, frames) in seen.iter().take(4) {
+        let persisted = acks
+            .acks
+            .iter()
+            .zip(&acks.ack_times)
+            .find(|(a, _)| a["EventType"] == "PERSISTED" && a["FragmentNumber"] == number.as_str())
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("no PERSISTED for {number}"));
+        assert_eq!(frames.len(), 30, "fragment {number}: one GOP of frames");
+        for (i, t) in frames.iter().enumerate() {
+            assert!(
+                *t < persisted,
+                "fragment {number}: frame {i} reached the reader only after PERSISTED"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_get_media_and_list_fragments() {
+    let srv = TestServer::start().await;
+    create(&srv, "clicam", 24).await;
+    upload(&srv, "clicam", &sample("h264_720p_gop1s.mkv")).await;
+    let bin = env!("CARGO_BIN_EXE_streamvault");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.mkv");
+    let o = tokio::process::Command::new(bin)
+        .args([
+            "get-media",
+            "--endpoint",
+            &srv.url(),
+            "--stream",
+            "clicam",
+            "--start",
+            "earliest",
+            "-o",
+        ])
+        .arg(&out_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("10 fragments written"));
+    let mut p = ChunkParser::default();
+    p.push(&std::fs::read(&out_path).unwrap());
+    assert_eq!(p.complete(), 10);
+    assert_eq!(p.chunks.iter().map(|c| c.frames.len()).sum::<usize>(), 300);
+
+    let o = tokio::process::Command::new(bin)
+        .args([
+            "list-fragments",
+            "--endpoint",
+            &srv.url(),
+            "--stream",
+            "clicam",
+            "--selector",
+            "producer",
+        ])
+        .args([
+            "--from",
+            "2026-11-24T00:00:00Z",
+            "--to",
+            "1795700000",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 10);
+    let o = tokio::process::Command::new(bin)
+        .args([
+            "list-fragments",
+            "--endpoint",
+            &srv.url(),
+            "--stream",
+            "nope",
+            "--from",
+            "0",
+            "--to",
+            "1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ResourceNotFoundException"));
+    srv.stop().await.unwrap();
+}

@@ -162,6 +162,8 @@ pub struct PutResult {
     pub acks: Vec<serde_json::Value>,
     /// Error body for non-200 answers.
     pub body: String,
+    /// When each ack line arrived (same order as `acks`).
+    pub ack_times: Vec<std::time::Instant>,
 }
 
 impl PutResult {
@@ -216,17 +218,26 @@ pub async fn put_media_stream(
     });
     let mut buf = Vec::new();
     let mut tmp = vec![0u8; 65536];
+    let mut times = Vec::new();
     loop {
         match tokio::time::timeout(std::time::Duration::from_secs(60), rd.read(&mut tmp)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
+        }
+        // Every ack ends with "}\n"; stamp the new ones.
+        let lines = buf.windows(2).filter(|w| w == b"}\n").count();
+        while times.len() < lines {
+            times.push(std::time::Instant::now());
         }
         if response_complete(&buf) {
             break;
         }
     }
     writer.abort();
-    parse_put_response(&buf)
+    let mut r = parse_put_response(&buf);
+    times.truncate(r.acks.len());
+    r.ack_times = times;
+    r
 }
 
 fn response_complete(mut buf: &[u8]) -> bool {

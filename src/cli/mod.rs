@@ -1,5 +1,5 @@
-//! The `streamvault` command line: `serve` (run the server) and `check` (verify a data
-//! dir). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
+//! The `streamvault` command line: `serve` (run the server), `check` (verify a data
+//! dir), and the consumer commands in [`consume`] (`get-media`, `list-fragments`). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
 //! (default `info`).
 
 use std::net::SocketAddr;
@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+
+pub mod consume;
 
 use crate::config::Settings;
 
@@ -28,6 +30,10 @@ enum Command {
     Serve(ServeArgs),
     /// Verify index ↔ store invariants of a data dir (exit 1 on any violation).
     Check(CheckArgs),
+    /// Read a stream as MKV (GetMedia), to a file or standard output.
+    GetMedia(consume::GetMediaArgs),
+    /// List a stream's fragments in a time range (ListFragments).
+    ListFragments(consume::ListFragmentsArgs),
 }
 
 /// Options every command that reads settings takes.
@@ -92,6 +98,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Check(a) => check(a).await,
+            Command::GetMedia(a) => consume::get_media(a).await.map(|()| ExitCode::SUCCESS),
+            Command::ListFragments(a) => {
+                consume::list_fragments(a).await.map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {
