@@ -11,6 +11,7 @@
 //! the frame where it stopped (from memory, or from storage once persisted).
 
 pub mod chunk;
+pub mod demux;
 
 use std::collections::HashMap;
 use std::sync::Arc;
