@@ -32,6 +32,14 @@ pub enum ErrorKind {
     InvalidResourceFormat,
     /// The stream keeps no data (retention 0) and the API needs archived data.
     NoDataRetention,
+    /// The stream's codecs or track layout cannot be packaged (GetClip, HLS, DASH).
+    UnsupportedStreamMediaType,
+    /// A track lacks the codec private data packaging needs.
+    MissingCodecPrivateData,
+    /// A track's codec private data cannot be parsed.
+    InvalidCodecPrivateData,
+    /// A frame cannot be read (GetClip).
+    InvalidMediaFrame,
     /// The caller is authenticated but not allowed to do this.
     NotAuthorized,
     /// The path names no operation this server implements.
@@ -44,7 +52,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// All kinds, for tests that check the mapping is total and distinct.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::InvalidArgument,
         ErrorKind::Serialization,
         ErrorKind::ResourceNotFound,
@@ -56,6 +64,10 @@ impl ErrorKind {
         ErrorKind::ConnectionLimitExceeded,
         ErrorKind::InvalidResourceFormat,
         ErrorKind::NoDataRetention,
+        ErrorKind::UnsupportedStreamMediaType,
+        ErrorKind::MissingCodecPrivateData,
+        ErrorKind::InvalidCodecPrivateData,
+        ErrorKind::InvalidMediaFrame,
         ErrorKind::NotAuthorized,
         ErrorKind::UnknownOperation,
         ErrorKind::NotImplemented,
