@@ -36,6 +36,14 @@ pub struct Settings {
     /// Retention (hours) for CreateStream calls that omit `DataRetentionInHours`.
     /// Default 24 (AWS uses 0). Must be 0 or 1…87600.
     pub default_retention_hours: i64,
+    /// Root access key id: every action on every stream. Set with `secret_access_key`
+    /// (or `--access-key-id` / `STREAMVAULT_ACCESS_KEY_ID`). Default: none; then, with auth
+    /// on and no `auth.keys`, a root key is generated into `<data_dir>/credentials`.
+    pub access_key_id: Option<String>,
+    /// Secret of the root key. Never logged.
+    pub secret_access_key: Option<Secret>,
+    /// Request authentication and access keys.
+    pub auth: AuthSettings,
     /// Most streams this server will hold; CreateStream beyond it answers
     /// `AccountStreamLimitExceededException`. Default 100000.
     pub max_streams: u64,
@@ -59,6 +67,9 @@ impl Default for Settings {
             listen: "127.0.0.1:8080".parse().expect("valid default"),
             data_dir: PathBuf::from("./streamvault-data"),
             public_url: None,
+            access_key_id: None,
+            secret_access_key: None,
+            auth: AuthSettings::default(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             default_retention_hours: 24,
@@ -71,6 +82,60 @@ impl Default for Settings {
             gc: GcSettings::default(),
         }
     }
+}
+
+/// A secret string: deserializes like a string, never shows in `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Verify SigV4 on every API request. Default true; `serve --no-auth` turns it off
+    /// (for throwaway local use only).
+    pub enabled: bool,
+    /// Largest accepted difference between `X-Amz-Date` and the server clock. Default `15m`.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Access keys with limited rights.
+    pub keys: Vec<KeySpec>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_clock_skew: Duration::from_secs(15 * 60),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One access key and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Allowed actions: `kinesisvideo:<Operation>` (e.g. `kinesisvideo:GetMedia`),
+    /// `kinesisvideo:*` or `*`. Default `["*"]`.
+    #[serde(default = "everything")]
+    pub actions: Vec<String>,
+    /// Stream-name patterns with `*` wildcards. Default `["*"]`.
+    #[serde(default = "everything")]
+    pub streams: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["*".into()]
 }
 
 /// Object store backend.
@@ -500,6 +565,18 @@ mod tests {
     fn secrets_are_not_in_debug_output() {
         let mut s = Settings::default();
         s.store.s3.secret_access_key = Some("SUPERSECRETVALUE".into());
-        assert!(!format!("{s:?}").contains("SUPERSECRETVALUE"));
+        s.secret_access_key = Some(Secret("ROOTSECRETVALUE".into()));
+        s.auth.keys.push(KeySpec {
+            access_key_id: "K".into(),
+            secret_access_key: Secret("KEYSECRETVALUE".into()),
+            actions: vec![],
+            streams: vec![],
+        });
+        let d = format!("{s:?}");
+        assert!(
+            !d.contains("SUPERSECRETVALUE")
+                && !d.contains("ROOTSECRETVALUE")
+                && !d.contains("KEYSECRETVALUE")
+        );
     }
 }

@@ -42,6 +42,12 @@ pub enum ErrorKind {
     InvalidMediaFrame,
     /// The caller is authenticated but not allowed to do this.
     NotAuthorized,
+    /// The request carries no signature at all.
+    MissingAuthenticationToken,
+    /// The access key is not known.
+    UnrecognizedClient,
+    /// The signature does not match, is malformed, or is outside its validity window.
+    InvalidSignature,
     /// The path names no operation this server implements.
     UnknownOperation,
     /// A known AWS operation this server does not implement.
@@ -52,7 +58,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// All kinds, for tests that check the mapping is total and distinct.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::InvalidArgument,
         ErrorKind::Serialization,
         ErrorKind::ResourceNotFound,
@@ -69,6 +75,9 @@ impl ErrorKind {
         ErrorKind::InvalidCodecPrivateData,
         ErrorKind::InvalidMediaFrame,
         ErrorKind::NotAuthorized,
+        ErrorKind::MissingAuthenticationToken,
+        ErrorKind::UnrecognizedClient,
+        ErrorKind::InvalidSignature,
         ErrorKind::UnknownOperation,
         ErrorKind::NotImplemented,
         ErrorKind::Internal,

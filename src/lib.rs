@@ -8,6 +8,7 @@
 //! [`cli`] (the `streamvault` command).
 
 pub mod api;
+pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod clock;

@@ -83,6 +83,22 @@ impl ServerBuilder {
             Some(o) => o,
             None => store::object_store_from_settings(&settings)?,
         };
+        let (keys, generated) = crate::auth::KeyStore::load(&settings)?;
+        if let Some(g) = generated {
+            // Printed once, on the terminal only: never into the log.
+            eprintln!(
+                "\nstreamvault generated a root access key (saved in {}, mode 0600):\n  access key id:     {}\n  secret access key: {}\nUse them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for clients.\n",
+                g.path.display(),
+                g.access_key_id,
+                g.secret_access_key.0
+            );
+        }
+        let auth = Arc::new(crate::auth::Auth::new(&settings.auth, keys));
+        if !auth.enabled {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this server can read, write and delete every stream"
+            );
+        }
         let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
         let store = FragmentStore::new(objects, Arc::new(keyring));
         let catalog = Catalog::new(&settings, index.clone(), store.clone(), clock.clone());
@@ -91,6 +107,7 @@ impl ServerBuilder {
             index,
             catalog,
             clock,
+            auth,
         })
     }
 }
@@ -102,6 +119,7 @@ pub struct Server {
     index: Arc<SqliteIndex>,
     catalog: Catalog,
     clock: SharedClock,
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Server {
@@ -131,6 +149,7 @@ impl Server {
             gc_wake: gc_wake.clone(),
             ingest: Arc::new(Ingest::new(self.settings.ingest.clone())),
             shutdown: stop.clone(),
+            auth: self.auth.clone(),
         };
         let sweeper = Sweeper {
             index: self.index.clone(),

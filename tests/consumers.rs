@@ -698,9 +698,14 @@ async fn cli_get_media_and_list_fragments() {
     create(&srv, "clicam", 24).await;
     upload(&srv, "clicam", &sample("h264_720p_gop1s.mkv")).await;
     let bin = env!("CARGO_BIN_EXE_streamvault");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", TEST_KEY.0),
+        ("AWS_SECRET_ACCESS_KEY", TEST_KEY.1),
+    ];
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out.mkv");
     let o = tokio::process::Command::new(bin)
+        .envs(env)
         .args([
             "get-media",
             "--endpoint",
@@ -723,6 +728,7 @@ async fn cli_get_media_and_list_fragments() {
     assert_eq!(p.chunks.iter().map(|c| c.frames.len()).sum::<usize>(), 300);
 
     let o = tokio::process::Command::new(bin)
+        .envs(env)
         .args([
             "list-fragments",
             "--endpoint",
@@ -746,6 +752,7 @@ async fn cli_get_media_and_list_fragments() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 10);
     let o = tokio::process::Command::new(bin)
+        .envs(env)
         .args([
             "list-fragments",
             "--endpoint",

@@ -256,12 +256,31 @@ async fn ffmpeg_http_post_with_default_clusters() {
     assert!(ok.success());
     let srv = TestServer::start().await;
     create(&srv, "ffpost").await;
-    let url = format!("http://{}/putMedia", srv.addr);
+    // ffmpeg cannot sign: a presigned URL carries the auth and the PutMedia parameters.
+    let url = presigned_put_url(
+        srv.addr,
+        &[
+            ("x-amzn-stream-name", "ffpost"),
+            ("x-amzn-fragment-timecode-type", "RELATIVE"),
+            ("x-amzn-producer-start-timestamp", "1795600000"),
+        ],
+        Duration::from_secs(600),
+    );
     let status = tokio::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-re", "-i"])
         .arg(&src_path)
-        .args(["-c", "copy", "-f", "matroska", "-live", "1", "-method", "POST", "-chunked_post", "1"])
-        .args(["-headers", "x-amzn-stream-name: ffpost\r\nx-amzn-fragment-timecode-type: RELATIVE\r\nx-amzn-producer-start-timestamp: 1795600000\r\n"])
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "matroska",
+            "-live",
+            "1",
+            "-method",
+            "POST",
+            "-chunked_post",
+            "1",
+        ])
         .arg(&url)
         .status()
         .await
@@ -312,10 +331,16 @@ async fn gstreamer_piped_into_curl() {
          x264enc tune=zerolatency speed-preset=veryfast bitrate=800 key-int-max=30 option-string=scenecut=0 ! h264parse ! \
          video/x-h264,stream-format=avc,alignment=au ! matroskamux name=mux streamable=true ! fdsink fd=1 \
          audiotestsrc is-live=true wave=sine freq=1000 num-buffers=235 ! audio/x-raw,rate=48000,channels=1 ! audioconvert ! avenc_aac bitrate=64000 ! aacparse ! mux. \
-         | curl -sS --fail-with-body -X POST -T - -H 'Transfer-Encoding: chunked' -H 'Content-Type: video/webm' \
-           -H 'x-amzn-stream-name: gst' -H 'x-amzn-fragment-timecode-type: RELATIVE' -H 'x-amzn-producer-start-timestamp: 1795600000.5' \
-           http://{}/putMedia",
-        srv.addr
+         | curl -sS --fail-with-body -X POST -T - -H 'Transfer-Encoding: chunked' -H 'Content-Type: video/webm' '{}'",
+        presigned_put_url(
+            srv.addr,
+            &[
+                ("x-amzn-stream-name", "gst"),
+                ("x-amzn-fragment-timecode-type", "RELATIVE"),
+                ("x-amzn-producer-start-timestamp", "1795600000.5")
+            ],
+            Duration::from_secs(600),
+        )
     );
     let out = tokio::time::timeout(
         Duration::from_secs(60),

@@ -216,9 +216,22 @@ async fn expect_100_continue_is_answered_at_once() {
     let srv = TestServer::start().await;
     create(&srv, "cont", 24).await;
     let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let host = srv.addr.to_string();
+    let sig = sign_with(
+        TEST_KEY,
+        "POST",
+        &host,
+        "/putMedia",
+        &[
+            ("transfer-encoding", "chunked"),
+            ("x-amzn-stream-name", "cont"),
+        ],
+        streamvault::auth::sigv4::EMPTY_SHA256,
+        std::time::SystemTime::now(),
+    );
+    let sig: String = sig.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let req = format!(
-        "POST /putMedia HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nx-amzn-stream-name: cont\r\n\r\n",
-        srv.addr
+        "POST /putMedia HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nx-amzn-stream-name: cont\r\n{sig}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];

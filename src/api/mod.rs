@@ -3,6 +3,7 @@
 //! JSON fallback for unknown paths.
 
 pub mod archived;
+pub mod auth;
 pub mod control;
 pub mod error;
 pub mod json;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// Request authentication.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -78,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .merge(archived::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }

@@ -21,13 +21,26 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/putMedia", post(put_media))
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
-    match h.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| Error::invalid(format!("header is not valid text: header={name}"))),
+/// PutMedia parameters: request headers, or the same names in the query string (so a
+/// presigned URL can carry them for producers that cannot set headers).
+struct Params<'a> {
+    headers: &'a HeaderMap,
+    query: Vec<(String, String)>,
+}
+
+impl Params<'_> {
+    fn get(&self, name: &str) -> Result<Option<String>> {
+        if let Some(v) = self.headers.get(name) {
+            return v
+                .to_str()
+                .map(|s| Some(s.trim().to_owned()))
+                .map_err(|_| Error::invalid(format!("header is not valid text: header={name}")));
+        }
+        Ok(self
+            .query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone()))
     }
 }
 
@@ -66,23 +79,31 @@ pub fn parse_start_timestamp(raw: &str, kvs_c_producer: bool) -> Result<i64> {
 
 async fn put_media(
     State(state): State<AppState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let name = header_str(&headers, "x-amzn-stream-name")?;
-    let arn = header_str(&headers, "x-amzn-stream-arn")?;
+    let p = Params {
+        headers: &headers,
+        query: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect(),
+    };
+    let name = p.get("x-amzn-stream-name")?;
+    let arn = p.get("x-amzn-stream-arn")?;
     let stream = state
         .catalog
-        .resolve(name, arn, ErrorKind::InvalidArgument)
+        .resolve(name.as_deref(), arn.as_deref(), ErrorKind::InvalidArgument)
         .await?;
-    let user_agent = header_str(&headers, "user-agent")?.unwrap_or_default();
+    let user_agent = p.get("user-agent")?.unwrap_or_default();
     let kvs_sdk = user_agent.starts_with("AWS-SDK-KVS");
     // ffmpeg (libavformat) never reads the response; see `AckSender::channel`.
     let quiet = user_agent.starts_with("Lavf/");
-    let start = header_str(&headers, "x-amzn-producer-start-timestamp")?
-        .map(|v| parse_start_timestamp(v, kvs_sdk))
+    let start = p
+        .get("x-amzn-producer-start-timestamp")?
+        .map(|v| parse_start_timestamp(&v, kvs_sdk))
         .transpose()?;
-    let mode = match header_str(&headers, "x-amzn-fragment-timecode-type")? {
+    let mode = match p.get("x-amzn-fragment-timecode-type")?.as_deref() {
         Some(v) if v.eq_ignore_ascii_case("ABSOLUTE") => TimecodeMode::Absolute,
         Some(v) if v.eq_ignore_ascii_case("RELATIVE") => TimecodeMode::Relative {
             start_ms: start.unwrap_or_else(|| state.catalog.clock().now_ms()),

@@ -14,7 +14,7 @@ use crate::clock::format_epoch_secs;
 use crate::media::chunk;
 use crate::mkv;
 
-/// Where the server is.
+/// Where the server is and how to sign for it.
 #[derive(Args, Debug)]
 pub struct Endpoint {
     /// Server base URL.
@@ -24,6 +24,41 @@ pub struct Endpoint {
         default_value = "http://127.0.0.1:8080"
     )]
     pub endpoint: String,
+    /// Access key id to sign with (default: `AWS_ACCESS_KEY_ID`). Without a key the
+    /// request is sent unsigned (for servers run with `--no-auth`).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    /// Secret access key (default: `AWS_SECRET_ACCESS_KEY`).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+    /// Region for the signature scope (any region is accepted by the server).
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+}
+
+impl Endpoint {
+    /// The signing key, if one was given.
+    pub fn key(&self) -> anyhow::Result<Option<(String, String)>> {
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(a), Some(s)) => Ok(Some((a.clone(), s.clone()))),
+            (None, None) => Ok(None),
+            _ => bail!("give both an access key id and a secret access key, or neither"),
+        }
+    }
+
+    /// Host (with port) of the endpoint, as sent in the Host header.
+    pub fn host(&self) -> anyhow::Result<String> {
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or(&self.endpoint);
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() {
+            bail!("endpoint has no host: {}", self.endpoint);
+        }
+        Ok(host.to_owned())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -97,15 +132,33 @@ fn start_selector(start: &str) -> anyhow::Result<Value> {
 
 async fn post(
     client: &reqwest::Client,
-    endpoint: &str,
+    ep: &Endpoint,
     op: &str,
     body: &Value,
 ) -> anyhow::Result<reqwest::Response> {
-    let url = format!("{}/{op}", endpoint.trim_end_matches('/'));
-    let resp = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
+    let url = format!("{}/{op}", ep.endpoint.trim_end_matches('/'));
+    let body = body.to_string();
+    let mut req = client.post(&url).header("content-type", "application/json");
+    if let Some(key) = ep.key()? {
+        let hash = crate::check::content_hash(body.as_bytes());
+        let path = format!("/{op}");
+        let signed = crate::auth::sigv4::sign_headers(
+            "POST",
+            &ep.host()?,
+            &path,
+            &[("content-type", "application/json")],
+            &hash,
+            &key,
+            &ep.region,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot sign the request: {e}"))?;
+        for (k, v) in signed {
+            req = req.header(k, v);
+        }
+    }
+    let resp = req
+        .body(body)
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
@@ -131,7 +184,7 @@ async fn post(
 pub async fn get_media(a: GetMediaArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let body = json!({"StreamName": a.stream, "StartSelector": start_selector(&a.start)?});
-    let resp = post(&client, &a.endpoint.endpoint, "getMedia", &body).await?;
+    let resp = post(&client, &a.endpoint, "getMedia", &body).await?;
     let mut out: Box<dyn Write + Send> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
@@ -236,7 +289,7 @@ pub async fn list_fragments(a: ListFragmentsArgs) -> anyhow::Result<()> {
     let mut all = Vec::new();
     loop {
         let v: Value = serde_json::from_slice(
-            &post(&client, &a.endpoint.endpoint, "listFragments", &body)
+            &post(&client, &a.endpoint, "listFragments", &body)
                 .await?
                 .bytes()
                 .await?,

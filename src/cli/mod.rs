@@ -54,6 +54,15 @@ struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Root access key id (also `STREAMVAULT_ACCESS_KEY_ID`).
+    #[arg(long)]
+    access_key_id: Option<String>,
+    /// Root secret access key (also `STREAMVAULT_SECRET_ACCESS_KEY`).
+    #[arg(long)]
+    secret_access_key: Option<String>,
+    /// Accept unsigned requests. For throwaway local use only.
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +126,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = load_settings(&a.common)?;
     if let Some(l) = a.listen {
         settings.listen = l;
+    }
+    if let Some(k) = a.access_key_id {
+        settings.access_key_id = Some(k);
+    }
+    if let Some(k) = a.secret_access_key {
+        settings.secret_access_key = Some(crate::config::Secret(k));
+    }
+    if a.no_auth {
+        settings.auth.enabled = false;
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -9,6 +9,60 @@ use streamvault::config::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The root key every test server is started with (auth is on, as by default).
+pub const TEST_KEY: (&str, &str) = ("AKIDSTREAMVAULTTEST", "testsecretkeytestsecretkey");
+
+/// SigV4 headers (authorization, x-amz-date) for a request, signed with `key` the way
+/// the KVS C producer signs: every header sent is signed, the payload hash is given.
+pub fn sign_with(
+    key: (&str, &str),
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    payload_hash: &str,
+    time: std::time::SystemTime,
+) -> Vec<(String, String)> {
+    streamvault::auth::sigv4::sign_headers(
+        method,
+        host,
+        path,
+        headers,
+        payload_hash,
+        &(key.0.to_owned(), key.1.to_owned()),
+        "us-east-1",
+        time,
+    )
+    .unwrap()
+}
+
+/// SHA-256 hex of a body.
+pub fn sha256_hex(b: &[u8]) -> String {
+    streamvault::check::content_hash(b)
+}
+
+/// A presigned PutMedia URL carrying its parameters in the query string.
+pub fn presigned_put_url(
+    addr: SocketAddr,
+    params: &[(&str, &str)],
+    expires: std::time::Duration,
+) -> String {
+    let q: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    streamvault::auth::sigv4::presign(
+        &format!("http://{addr}"),
+        "/putMedia",
+        &q,
+        &(TEST_KEY.0.to_owned(), TEST_KEY.1.to_owned()),
+        "us-east-1",
+        std::time::SystemTime::now(),
+        expires,
+    )
+    .unwrap()
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -32,6 +86,8 @@ impl TestServer {
         let mut settings = Settings::default();
         settings.data_dir = data_dir.clone();
         settings.listen = "127.0.0.1:0".parse().unwrap();
+        settings.access_key_id = Some(TEST_KEY.0.to_owned());
+        settings.secret_access_key = Some(streamvault::config::Secret(TEST_KEY.1.to_owned()));
         tweak(&mut settings);
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -72,11 +128,7 @@ impl TestServer {
             .endpoint_url(self.url())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_kinesisvideo::config::Credentials::new(
-                "AKIDSTREAMVAULTTEST",
-                "testsecretkeytestsecretkey",
-                None,
-                None,
-                "test",
+                TEST_KEY.0, TEST_KEY.1, None, None, "test",
             ))
             .load()
             .await
@@ -100,9 +152,41 @@ pub async fn raw_http(
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw_http_signed(addr, method, path, body, Some(TEST_KEY)).await
+}
+
+/// Like [`raw_http`], signed with `key` (or unsigned with `None`).
+pub async fn raw_http_signed(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: Option<(&str, &str)>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let host = addr.to_string();
+    let len = body.len().to_string();
+    let base = [
+        ("content-type", "application/json"),
+        ("content-length", len.as_str()),
+    ];
+    let mut extra = String::new();
+    if let Some(k) = key {
+        for (n, v) in sign_with(
+            k,
+            method,
+            &host,
+            path,
+            &base,
+            &sha256_hex(body.as_bytes()),
+            std::time::SystemTime::now(),
+        ) {
+            extra.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -196,6 +280,29 @@ pub async fn put_media_stream(
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // Signed like the KVS C producer: every header but Expect, over the empty payload.
+    let mut to_sign: Vec<(&str, &str)> = vec![
+        ("transfer-encoding", "chunked"),
+        ("user-agent", "streamvault-test"),
+    ];
+    to_sign.extend(
+        headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("expect"))
+            .map(|(k, v)| (*k, *v)),
+    );
+    let host = addr.to_string();
+    for (n, v) in sign_with(
+        TEST_KEY,
+        "POST",
+        &host,
+        "/putMedia",
+        &to_sign,
+        streamvault::auth::sigv4::EMPTY_SHA256,
+        std::time::SystemTime::now(),
+    ) {
+        req.push_str(&format!("{n}: {v}\r\n"));
     }
     req.push_str("\r\n");
     wr.write_all(req.as_bytes()).await.unwrap();

@@ -1,0 +1,319 @@
+//! Who may call what. Access keys come from the settings (a root key with every right,
+//! and keys limited to actions and stream-name patterns, like an IAM policy); when none
+//! is configured the first start generates a root key pair into the data dir (0600) and
+//! prints it once. Verification of the SigV4 signature itself is in [`sigv4`]; the HTTP
+//! middleware that applies both is `api::auth`.
+
+pub mod sigv4;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::config::{AuthSettings, KeySpec, Secret, Settings};
+use crate::error::{Error, ErrorKind, Result};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub access_key_id: String,
+}
+
+#[derive(Debug, Clone)]
+struct Key {
+    secret: Secret,
+    /// `kinesisvideo:<Operation>` names, or `*` / `kinesisvideo:*`.
+    actions: Vec<String>,
+    /// Stream-name glob patterns (`*` matches any run of characters).
+    streams: Vec<String>,
+}
+
+/// The configured keys and their rights.
+#[derive(Debug, Clone, Default)]
+pub struct KeyStore {
+    keys: HashMap<String, Key>,
+}
+
+/// A root key generated on first start.
+#[derive(Debug)]
+pub struct GeneratedRoot {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub path: std::path::PathBuf,
+}
+
+/// Matches a glob with `*` wildcards.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), s.as_bytes());
+    let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] != b'*' && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+impl KeyStore {
+    /// Builds the key store from settings; generates (or reads back) a root key in the
+    /// data dir when auth is on and no key is configured at all.
+    pub fn load(settings: &Settings) -> anyhow::Result<(Self, Option<GeneratedRoot>)> {
+        let mut keys = HashMap::new();
+        let root = |secret: Secret| Key {
+            secret,
+            actions: vec!["*".into()],
+            streams: vec!["*".into()],
+        };
+        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            keys.insert(id.clone(), root(secret.clone()));
+        } else if settings.access_key_id.is_some() || settings.secret_access_key.is_some() {
+            anyhow::bail!("access_key_id and secret_access_key must be set together");
+        }
+        for k in &settings.auth.keys {
+            let KeySpec {
+                access_key_id,
+                secret_access_key,
+                actions,
+                streams,
+            } = k.clone();
+            keys.insert(
+                access_key_id,
+                Key {
+                    secret: secret_access_key,
+                    actions,
+                    streams,
+                },
+            );
+        }
+        let mut generated = None;
+        if settings.auth.enabled && keys.is_empty() {
+            let path = settings.data_dir.join("credentials");
+            let (id, secret, fresh) = read_or_generate(&path)?;
+            if fresh {
+                generated = Some(GeneratedRoot {
+                    access_key_id: id.clone(),
+                    secret_access_key: secret.clone(),
+                    path: path.clone(),
+                });
+            }
+            keys.insert(id, root(secret));
+        }
+        Ok((Self { keys }, generated))
+    }
+
+    /// A store with one root key; for tests.
+    pub fn with_root(id: &str, secret: &str) -> Self {
+        let mut keys = HashMap::new();
+        keys.insert(
+            id.to_owned(),
+            Key {
+                secret: Secret(secret.to_owned()),
+                actions: vec!["*".into()],
+                streams: vec!["*".into()],
+            },
+        );
+        Self { keys }
+    }
+
+    /// The secret of a key.
+    pub fn secret(&self, access_key_id: &str) -> Option<&str> {
+        self.keys.get(access_key_id).map(|k| k.secret.0.as_str())
+    }
+
+    /// Checks that `who` may run `operation` (e.g. `GetMedia`) on `stream` (or on any
+    /// stream, for operations without one).
+    pub fn authorize(&self, who: &Principal, operation: &str, stream: Option<&str>) -> Result<()> {
+        let Some(k) = self.keys.get(&who.access_key_id) else {
+            return Err(Error::new(
+                ErrorKind::UnrecognizedClient,
+                "unknown access key",
+            ));
+        };
+        let action = format!("kinesisvideo:{operation}");
+        let action_ok = k
+            .actions
+            .iter()
+            .any(|a| a == "*" || a == "kinesisvideo:*" || a.eq_ignore_ascii_case(&action));
+        let stream_ok = match stream {
+            Some(s) => k.streams.iter().any(|p| glob_match(p, s)),
+            None => true,
+        };
+        if action_ok && stream_ok {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotAuthorized,
+                format!(
+                    "access key is not allowed to do this: key={} action={action} stream={}",
+                    who.access_key_id,
+                    stream.unwrap_or("-")
+                ),
+            ))
+        }
+    }
+}
+
+fn random_chars(n: usize, alphabet: &[u8]) -> anyhow::Result<String> {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut raw = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+    Ok(raw
+        .iter()
+        .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+        .collect())
+}
+
+fn read_or_generate(path: &Path) -> anyhow::Result<(String, Secret, bool)> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)?;
+        let t: toml::Table = text.parse()?;
+        let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        match (get("access_key_id"), get("secret_access_key")) {
+            (Some(id), Some(s)) => return Ok((id, Secret(s), false)),
+            _ => anyhow::bail!(
+                "{} must hold access_key_id and secret_access_key",
+                path.display()
+            ),
+        }
+    }
+    let id = format!(
+        "SV{}",
+        random_chars(18, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")?
+    );
+    let secret = random_chars(
+        40,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    )?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path)?;
+    writeln!(
+        f,
+        "access_key_id = \"{id}\"\nsecret_access_key = \"{secret}\""
+    )?;
+    f.sync_all()?;
+    Ok((id, Secret(secret), true))
+}
+
+/// Auth as configured for a running server.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub enabled: bool,
+    pub keys: KeyStore,
+    pub max_skew: std::time::Duration,
+}
+
+impl Auth {
+    pub fn new(settings: &AuthSettings, keys: KeyStore) -> Self {
+        Self {
+            enabled: settings.enabled,
+            keys,
+            max_skew: settings.max_clock_skew,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("cam-*", "cam-1"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("cam-*", "door-1"));
+        assert!(!glob_match("cam", "cam-1"));
+        assert!(glob_match("*-1", "door-1"));
+    }
+
+    #[test]
+    fn policies() {
+        let mut s = Settings::default();
+        s.auth.keys.push(KeySpec {
+            access_key_id: "READER".into(),
+            secret_access_key: Secret("x".into()),
+            actions: vec!["kinesisvideo:GetMedia".into()],
+            streams: vec!["cam-*".into()],
+        });
+        let (ks, gen_root) = KeyStore::load(&s).unwrap();
+        assert!(
+            gen_root.is_none(),
+            "a configured key means no generated root"
+        );
+        let who = Principal {
+            access_key_id: "READER".into(),
+        };
+        assert!(ks.authorize(&who, "GetMedia", Some("cam-1")).is_ok());
+        assert_eq!(
+            ks.authorize(&who, "GetMedia", Some("door-1"))
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotAuthorized
+        );
+        assert_eq!(
+            ks.authorize(&who, "PutMedia", Some("cam-1"))
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotAuthorized
+        );
+        let nobody = Principal {
+            access_key_id: "NOPE".into(),
+        };
+        assert_eq!(
+            ks.authorize(&nobody, "GetMedia", None).unwrap_err().kind,
+            ErrorKind::UnrecognizedClient
+        );
+    }
+
+    #[test]
+    fn root_key_is_generated_once_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings {
+            data_dir: dir.path().to_owned(),
+            ..Settings::default()
+        };
+        let (ks, g) = KeyStore::load(&s).unwrap();
+        let g = g.expect("generated");
+        assert_eq!(
+            ks.secret(&g.access_key_id),
+            Some(g.secret_access_key.0.as_str())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&g.path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let (ks2, g2) = KeyStore::load(&s).unwrap();
+        assert!(g2.is_none(), "printed only on first start");
+        assert_eq!(
+            ks2.secret(&g.access_key_id),
+            Some(g.secret_access_key.0.as_str())
+        );
+        assert!(!format!("{g:?}").contains(&g.secret_access_key.0));
+    }
+}
