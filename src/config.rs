@@ -44,6 +44,8 @@ pub struct Settings {
     pub secret_access_key: Option<Secret>,
     /// Request authentication and access keys.
     pub auth: AuthSettings,
+    /// HTTPS: serve TLS with this certificate and key.
+    pub tls: TlsSettings,
     /// Most streams this server will hold; CreateStream beyond it answers
     /// `AccountStreamLimitExceededException`. Default 100000.
     pub max_streams: u64,
@@ -70,6 +72,7 @@ impl Default for Settings {
             access_key_id: None,
             secret_access_key: None,
             auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             default_retention_hours: 24,
@@ -136,6 +139,22 @@ pub struct KeySpec {
 
 fn everything() -> Vec<String> {
     vec!["*".into()]
+}
+
+/// TLS settings: both files set turns HTTPS on (HTTP/1.1 only, as PutMedia needs).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain. Default: none (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default: none.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
 }
 
 /// Object store backend.
@@ -382,6 +401,11 @@ impl Settings {
         {
             return Err(ConfigError::Invalid("region must be [a-z0-9-]+".into()));
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_file and tls.key_file must be set together".into(),
+            ));
+        }
         if self.store.backend == StoreBackend::S3 && self.store.s3.bucket.is_empty() {
             return Err(ConfigError::Invalid(
                 "store.s3.bucket is required for the s3 backend".into(),
@@ -415,6 +439,7 @@ impl Settings {
     pub fn public_base_url(&self, bound: SocketAddr) -> String {
         match &self.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
+            None if self.tls.enabled() => format!("https://{bound}"),
             None => format!("http://{bound}"),
         }
     }

@@ -25,3 +25,4 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod streams;
+pub mod tls;

@@ -160,24 +160,35 @@ impl Server {
         let gc_task = tokio::spawn(sweeper.run(self.settings.gc.interval, gc_wake, stop.clone()));
 
         let app = api::router(state);
-        tracing::info!("listening on http://{addr}");
+        let scheme = if self.settings.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("listening on {scheme}://{addr}");
         let graceful = stop.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing open requests");
             graceful.cancel();
         };
-        let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
-        let serving = tokio::spawn(async move { serving.await });
-        let mut serving = std::pin::pin!(serving);
-        tokio::select! {
-            r = &mut serving => r??,
-            _ = async {
-                stop.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => {
-                tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
-                serving.abort();
+        if self.settings.tls.enabled() {
+            let acceptor = crate::tls::acceptor(&self.settings.tls)?;
+            tokio::spawn(signal);
+            crate::tls::serve(listener, acceptor, app, stop.clone(), SHUTDOWN_GRACE).await;
+        } else {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
+            let serving = tokio::spawn(async move { serving.await });
+            let mut serving = std::pin::pin!(serving);
+            tokio::select! {
+                r = &mut serving => r??,
+                _ = async {
+                    stop.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => {
+                    tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
+                    serving.abort();
+                }
             }
         }
         stop.cancel();

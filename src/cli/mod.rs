@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 pub mod consume;
+pub mod put;
 
 use crate::config::Settings;
 
@@ -34,6 +35,10 @@ enum Command {
     GetMedia(consume::GetMediaArgs),
     /// List a stream's fragments in a time range (ListFragments).
     ListFragments(consume::ListFragmentsArgs),
+    /// Upload MKV from a file or standard input (PutMedia), resuming after failures.
+    Put(put::PutArgs),
+    /// Print a presigned PutMedia/GetMedia URL for producers that cannot sign.
+    Presign(put::PresignArgs),
 }
 
 /// Options every command that reads settings takes.
@@ -111,6 +116,8 @@ pub fn main() -> ExitCode {
             Command::ListFragments(a) => {
                 consume::list_fragments(a).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::Put(a) => put::put(a).await.map(|()| ExitCode::SUCCESS),
+            Command::Presign(a) => put::presign(a).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
