@@ -294,12 +294,18 @@ pub struct MediaSettings {
     /// Concurrent GetMedia connections per stream; one more answers
     /// `ConnectionLimitExceededException`. Default 64 (AWS: 3).
     pub max_readers_per_stream: usize,
+    /// End a GetMedia response after this long at the live edge with nothing to send
+    /// (for one-shot downloads such as `aws kinesis-video-media get-media`). Default:
+    /// never — a live reader stays open across quiet periods.
+    #[serde(with = "humantime_serde")]
+    pub max_idle: Option<Duration>,
 }
 
 impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             max_readers_per_stream: 64,
+            max_idle: None,
         }
     }
 }

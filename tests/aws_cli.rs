@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{ChunkParser, TestServer, put_media, sample};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -399,5 +399,187 @@ async fn boto3_create_describe_list() {
     assert_eq!(out["names"], serde_json::json!(["boto-cam-1"]));
     assert_eq!(out["error"], "ResourceNotFoundException");
 
+    srv.stop().await.unwrap();
+}
+
+/// boto3 negative cases: each must fail with the documented error code.
+const BOTO3_NEGATIVE: &str = r#"
+import sys, json, datetime
+import boto3, botocore, botocore.auth
+from botocore.config import Config
+url = sys.argv[1]
+out = {}
+def code(fn):
+    try:
+        fn()
+        return "no error"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+def client(key="AKIDSTREAMVAULTTEST", secret="testsecretkeytestsecretkey", **kw):
+    return boto3.client("kinesisvideo", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=key, aws_secret_access_key=secret, **kw)
+out["wrong_secret"] = code(lambda: client(secret="wrong").list_streams())
+out["unknown_key"] = code(lambda: client(key="AKIDNOBODY").list_streams())
+out["missing_auth"] = code(lambda: client(config=Config(signature_version=botocore.UNSIGNED)).list_streams())
+c = client()
+def tamper(request, **kw):
+    request.body = request.body.replace(b"py-cam", b"py-cbm")
+c.meta.events.register("before-send.kinesis-video.DescribeStream", tamper)
+out["tampered_body"] = code(lambda: c.describe_stream(StreamName="py-cam"))
+real = botocore.auth.get_current_datetime
+botocore.auth.get_current_datetime = lambda *a, **k: real(*a, **k) - datetime.timedelta(minutes=20)
+out["date_20_min_off"] = code(lambda: client().list_streams())
+botocore.auth.get_current_datetime = real
+out["good"] = code(lambda: client().list_streams())
+# Last: this changes the (shared, cached) service model's signing name.
+s3ish = client()
+s3ish.meta.service_model._service_description["metadata"]["signingName"] = "s3"
+s3ish._request_signer._signing_name = "s3"
+out["wrong_service"] = code(lambda: s3ish.list_streams())
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_cli_media_apis_and_boto3_bad_signatures() {
+    let Some(aws) = tool_or_skip(
+        "aws CLI",
+        "STREAMVAULT_AWS_CLI",
+        candidates("STREAMVAULT_AWS_CLI", ".venv/bin/aws", "aws"),
+        &["--version"],
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(python) = tool_or_skip(
+        "Python with boto3",
+        "STREAMVAULT_PYTHON",
+        candidates("STREAMVAULT_PYTHON", ".venv/bin/python", "python3"),
+        &["-c", "import boto3"],
+    )
+    .await
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // One-shot GetMedia downloads end after a second at the live edge.
+    let srv = TestServer::start_in(tmp.path().join("data"), |s| {
+        s.media.max_idle = Some(std::time::Duration::from_secs(1));
+    })
+    .await;
+    srv.control()
+        .await
+        .create_stream()
+        .stream_name("py-cam")
+        .send()
+        .await
+        .unwrap();
+    let r = put_media(
+        srv.addr,
+        &[
+            ("x-amzn-stream-name", "py-cam"),
+            ("x-amzn-producer-start-timestamp", "1795600000"),
+        ],
+        &sample("h264_720p_gop1s.mkv"),
+        65536,
+    )
+    .await;
+    assert_eq!(r.events("PERSISTED").len(), 10);
+    let cli = |service: &'static str| {
+        let (aws, url) = (aws.clone(), srv.url());
+        move |args: Vec<String>| {
+            let (aws, url) = (aws.clone(), url.clone());
+            async move {
+                let mut cmd = Command::new(&aws);
+                cmd.arg(service).args(&args).args([
+                    "--endpoint-url",
+                    &url,
+                    "--region",
+                    "us-east-1",
+                    "--output",
+                    "json",
+                ]);
+                run(cmd, &format!("aws {service} {}", args.join(" "))).await
+            }
+        }
+    };
+    let archived = cli("kinesis-video-archived-media");
+    let r = archived(
+        [
+            "list-fragments",
+            "--stream-name",
+            "py-cam",
+            "--fragment-selector",
+            "FragmentSelectorType=PRODUCER_TIMESTAMP,TimestampRange={StartTimestamp=2026-11-24T00:00:00Z,EndTimestamp=2026-11-26T00:00:00Z}",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut numbers: Vec<String> = v["Fragments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["FragmentNumber"].as_str().unwrap().to_owned())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers.len(), 10);
+
+    let mkv = tmp.path().join("out.mkv");
+    let r = cli("kinesis-video-media")(vec![
+        "get-media".into(),
+        "--stream-name".into(),
+        "py-cam".into(),
+        "--start-selector".into(),
+        "StartSelectorType=EARLIEST".into(),
+        mkv.display().to_string(),
+    ])
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("video/webm"), "{}", r.stdout);
+    let saved = std::fs::read(&mkv).unwrap();
+    let mut p = ChunkParser::default();
+    p.push(&saved);
+    assert_eq!(p.complete(), 10, "the CLI wrote all ten chunks");
+
+    let list = tmp.path().join("list.mkv");
+    let r = archived(vec![
+        "get-media-for-fragment-list".into(),
+        list.display().to_string(),
+        "--stream-name".into(),
+        "py-cam".into(),
+        "--fragments".into(),
+        numbers[2].clone(),
+        numbers[5].clone(),
+    ])
+    .await;
+    assert!(r.ok, "{}", r.stderr);
+    let mut p = ChunkParser::default();
+    p.push(&std::fs::read(&list).unwrap());
+    p.finish();
+    let got: Vec<&str> = p
+        .chunks
+        .iter()
+        .map(|c| c.tag("AWS_KINESISVIDEO_FRAGMENT_NUMBER").unwrap())
+        .collect();
+    assert_eq!(got, vec![numbers[2].as_str(), numbers[5].as_str()]);
+
+    let mut cmd = Command::new(&python);
+    cmd.args(["-c", BOTO3_NEGATIVE, &srv.url()]);
+    let r = run(cmd, "boto3 negative script").await;
+    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["wrong_secret"], "InvalidSignatureException", "{v}");
+    assert_eq!(v["unknown_key"], "UnrecognizedClientException", "{v}");
+    assert_eq!(
+        v["missing_auth"], "MissingAuthenticationTokenException",
+        "{v}"
+    );
+    assert_eq!(v["tampered_body"], "InvalidSignatureException", "{v}");
+    assert_eq!(v["date_20_min_off"], "InvalidSignatureException", "{v}");
+    assert_eq!(v["wrong_service"], "InvalidSignatureException", "{v}");
+    assert_eq!(v["good"], "no error", "{v}");
     srv.stop().await.unwrap();
 }

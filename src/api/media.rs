@@ -134,7 +134,14 @@ async fn get_media(
     )?;
     let key = state.catalog.data_key(&stream)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(32);
-    let reader = media::Reader::new(state.catalog.clone(), stream, key, runtime, tx);
+    let reader = media::Reader::new(
+        state.catalog.clone(),
+        stream,
+        key,
+        runtime,
+        tx,
+        state.settings.media.max_idle,
+    );
     tokio::spawn(async move {
         reader.run(start).await;
         drop(guard);

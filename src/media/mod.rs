@@ -41,6 +41,8 @@ pub enum Start {
 #[derive(Debug)]
 enum Stop {
     ClientGone,
+    /// Nothing to send for `max_idle`: the response ends normally.
+    Idle,
     Deleted,
     Failed(String),
 }
@@ -59,6 +61,8 @@ pub struct Reader {
     partial: Option<(u64, usize)>,
     /// Whether the stream stores fragments (retention > 0).
     stored: bool,
+    /// End the response after this long with nothing to send (at a fragment boundary).
+    max_idle: Option<Duration>,
 }
 
 /// How long a reader waits for a fragment it sent in part to appear in storage.
@@ -71,6 +75,7 @@ impl Reader {
         key: Arc<DataKey>,
         runtime: Arc<StreamRuntime>,
         out: mpsc::Sender<Bytes>,
+        max_idle: Option<Duration>,
     ) -> Self {
         let stored = stream.retention_hours > 0;
         Self {
@@ -83,6 +88,7 @@ impl Reader {
             after: None,
             partial: None,
             stored,
+            max_idle,
         }
     }
 
@@ -109,7 +115,7 @@ impl Reader {
                 chunk::error(&mut b, None, "stream deleted", 4000);
                 let _ = self.out.send(Bytes::from(b)).await;
             }
-            Err(Stop::ClientGone) | Ok(()) => {}
+            Err(Stop::ClientGone | Stop::Idle) | Ok(()) => {}
         }
     }
 
@@ -323,8 +329,13 @@ impl Reader {
     /// Follows live events. `Ok(true)`: lagged, start the hand-off again.
     async fn live(&mut self, rx: &mut broadcast::Receiver<LiveEvent>) -> Result<bool, Stop> {
         loop {
+            let idle = match (self.max_idle, self.partial) {
+                (Some(d), None) => d,
+                _ => Duration::from_secs(86_400 * 365),
+            };
             let ev = tokio::select! {
                 r = rx.recv() => r,
+                _ = tokio::time::sleep(idle) => return Err(Stop::Idle),
                 _ = self.runtime.deleted() => return Err(Stop::Deleted),
                 _ = self.out.closed() => return Err(Stop::ClientGone),
             };
