@@ -2,9 +2,7 @@
 //! `POST /getMediaForFragmentList`. Both read only what is persisted: a fragment is
 //! listed as soon as its PERSISTED ack is sent (its index row is committed first).
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -274,7 +272,7 @@ async fn get_media_for_fragment_list(
         )));
     }
     let key = state.catalog.data_key(&stream)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let catalog = state.catalog.clone();
     tokio::spawn(async move {
         let mut sessions: std::collections::HashMap<u64, (bytes::Bytes, usize)> =
@@ -329,15 +327,7 @@ async fn get_media_for_fragment_list(
             }
         }
     });
-    let body = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "video/webm")
-        .body(Body::from_stream(body))
-        .map_err(|e| Error::internal(e.to_string()))
+    Ok(super::streamed(rx, "video/webm"))
 }
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 //! Errors before the first byte are JSON errors; later ones are error chunks.
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
 use serde::Deserialize;
@@ -133,7 +131,7 @@ async fn get_media(
         stream.name.as_str(),
     )?;
     let key = state.catalog.data_key(&stream)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(32);
+    let (tx, rx) = tokio::sync::mpsc::channel(32);
     let reader = media::Reader::new(
         state.catalog.clone(),
         stream,
@@ -146,13 +144,5 @@ async fn get_media(
         reader.run(start).await;
         drop(guard);
     });
-    let body = futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "video/webm")
-        .body(Body::from_stream(body))
-        .map_err(|e| Error::internal(e.to_string()))
+    Ok(super::streamed(rx, "video/webm"))
 }

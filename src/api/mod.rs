@@ -89,6 +89,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A `200` whose body is the chunks sent on `rx`, in order, until the sender is dropped.
+pub fn streamed(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    content_type: &'static str,
+) -> Response {
+    let body = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(Ok::<_, std::convert::Infallible>))
+    });
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
 async fn render_metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

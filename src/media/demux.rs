@@ -88,11 +88,9 @@ pub fn parse_session_header(header: &[u8]) -> Result<SessionInfo> {
     Ok(info)
 }
 
-/// The frames of one stored cluster.
-pub fn demux_cluster(
-    cluster: &[u8],
-    timecode_scale_ns: u64,
-) -> std::result::Result<(i64, Vec<Frame>), mkv::Error> {
+/// A reader over one stored cluster: stored fragments are bare clusters, so the reader
+/// is first given an EBML header and an unknown-size Segment.
+pub fn bare_cluster_reader(cluster: &[u8]) -> mkv::Reader {
     let mut r = mkv::Reader::new(mkv::Limits {
         max_element_size: u64::MAX >> 8,
         ..mkv::Limits::default()
@@ -102,6 +100,15 @@ pub fn demux_cluster(
     mkv::writer::segment_header_unknown(&mut h);
     r.push(&h);
     r.push(cluster);
+    r
+}
+
+/// The frames of one stored cluster.
+pub fn demux_cluster(
+    cluster: &[u8],
+    timecode_scale_ns: u64,
+) -> std::result::Result<(i64, Vec<Frame>), mkv::Error> {
+    let mut r = bare_cluster_reader(cluster);
     let scale = timecode_scale_ns as i64;
     let mut tc = 0i64;
     let mut frames = Vec::new();

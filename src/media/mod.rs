@@ -384,15 +384,7 @@ impl Reader {
 
 /// The raw SimpleBlock/BlockGroup elements of a stored cluster, in order.
 fn cluster_blocks(cluster: &[u8]) -> Vec<Bytes> {
-    let mut r = mkv::Reader::new(mkv::Limits {
-        max_element_size: u64::MAX >> 8,
-        ..mkv::Limits::default()
-    });
-    let mut h = Vec::new();
-    mkv::writer::write_ebml_header(&mut h, "matroska");
-    mkv::writer::segment_header_unknown(&mut h);
-    r.push(&h);
-    r.push(cluster);
+    let mut r = demux::bare_cluster_reader(cluster);
     let mut out = Vec::new();
     while let Ok(Some(ev)) = r.next_event() {
         if let mkv::Event::Block(b) = ev {
