@@ -322,7 +322,10 @@ impl Settings {
                 continue;
             };
             // Variables read elsewhere (the CLI, the test suite), not settings.
-            if matches!(rest, "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON") {
+            if matches!(
+                rest,
+                "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON" | "SOAK_CYCLES" | "CRASH_SEED"
+            ) {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
