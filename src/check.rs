@@ -1,17 +1,30 @@
 //! `streamvault check`: verifies the storage invariants of `docs/design/storage.md` on a
-//! data dir, live or stopped. Every index row must have its object with the recorded
-//! sealed size; with `deep`, the object must also decrypt under the stream's key and
-//! hash to the recorded SHA-256. Objects without rows are not violations (a crash
-//! between object write and row commit leaves them; the sweeper removes them) and are
-//! reported as garbage awaiting collection.
+//! data dir, live or stopped. Every index row must have its object at the key the layout
+//! gives its (stream, seq), with the recorded sealed size, and its session header; every
+//! stream's number reservation must be above its fragments (I3). With `deep`, every
+//! object must also decrypt under the stream's key to the recorded size and SHA-256, and
+//! every session header used must decrypt.
+//!
+//! Objects without rows are not violations (a crash between object write and row commit
+//! leaves them; startup recovery removes them) and are reported as garbage awaiting
+//! collection, like pending garbage rows, expired fragments awaiting the retention task,
+//! and the local backend's interrupted staged writes.
+//!
+//! **Live data dirs.** The check only reads, and it re-verifies before it reports: an
+//! object missing from the listing taken at the start is looked up again (it may have
+//! been written since), and a row whose object is gone is read again (retention or
+//! DeleteStream may have deleted both since). What remains is a real violation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use aws_lc_rs::digest;
 
-use crate::index::Index;
-use crate::store::{FragmentStore, StoreError};
+use crate::clock::{Clock, SystemClock};
+use crate::index::{FragmentRecord, Index, StreamStats, retention_cutoff_ms};
+use crate::store::{BlobKind, DataKey, FragmentStore, StoreError, keys};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +36,12 @@ pub enum Problem {
         key: String,
         indexed: u64,
         stored: u64,
+    },
+    /// The row's object key is not the layout's key for its (stream, seq).
+    WrongObjectKey {
+        stream_id: String,
+        seq: u64,
+        key: String,
     },
     UnreadableKey {
         stream_id: String,
@@ -39,6 +58,25 @@ pub enum Problem {
         key: String,
         indexed: u64,
         actual: u64,
+    },
+    /// A fragment's upload session (its header elements) is not in the index.
+    MissingSession {
+        stream_id: String,
+        seq: u64,
+        session_id: u64,
+    },
+    /// A session header does not decrypt (deep).
+    SessionUnreadable {
+        stream_id: String,
+        session_id: u64,
+        reason: String,
+    },
+    /// A stored fragment number is at or above the stream's reservation (I3): a number
+    /// could be handed out twice.
+    ReservationBehind {
+        stream_id: String,
+        max_seq: u64,
+        seq_reserved: u64,
     },
 }
 
@@ -58,6 +96,14 @@ impl fmt::Display for Problem {
                     "object size differs from index: key={key} indexed={indexed} stored={stored}"
                 )
             }
+            Problem::WrongObjectKey {
+                stream_id,
+                seq,
+                key,
+            } => write!(
+                f,
+                "object key is not the layout's key: stream_id={stream_id} seq={seq} key={key}"
+            ),
             Problem::UnreadableKey { stream_id, reason } => {
                 write!(
                     f,
@@ -80,6 +126,30 @@ impl fmt::Display for Problem {
                     "plaintext size differs from index: key={key} indexed={indexed} actual={actual}"
                 )
             }
+            Problem::MissingSession {
+                stream_id,
+                seq,
+                session_id,
+            } => write!(
+                f,
+                "fragment's session header is missing: stream_id={stream_id} seq={seq} session={session_id}"
+            ),
+            Problem::SessionUnreadable {
+                stream_id,
+                session_id,
+                reason,
+            } => write!(
+                f,
+                "session header does not decrypt: stream_id={stream_id} session={session_id} reason={reason}"
+            ),
+            Problem::ReservationBehind {
+                stream_id,
+                max_seq,
+                seq_reserved,
+            } => write!(
+                f,
+                "fragment numbers reach the reservation: stream_id={stream_id} max_seq={max_seq} seq_reserved={seq_reserved}"
+            ),
         }
     }
 }
@@ -90,9 +160,16 @@ pub struct Report {
     pub fragments_checked: u64,
     pub objects_listed: u64,
     pub fragments_decrypted: u64,
+    pub sessions_checked: u64,
     /// Objects no row refers to (awaiting the sweeper), by key.
     pub unreferenced_objects: Vec<String>,
     pub pending_garbage_rows: usize,
+    /// Rows past their stream's retention (hidden from reads), awaiting the retention task.
+    pub expired_fragments: u64,
+    /// Local backend: staged writes a crash interrupted (invisible to reads).
+    pub staging_leftovers: Vec<String>,
+    /// Rows deleted while the check ran (live data dir); not problems.
+    pub vanished_during_check: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -107,19 +184,69 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, bytes))
 }
 
-/// Runs the check.
+/// Options of [`check_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Decrypt and hash every object and session header.
+    pub deep: bool,
+    /// Root directory of the local backend, to report interrupted staged writes.
+    pub local_root: Option<PathBuf>,
+}
+
+/// Runs the check (see the module docs). `index` must be the raw index.
 pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyhow::Result<Report> {
+    check_with(
+        index,
+        store,
+        &Options {
+            deep,
+            local_root: None,
+        },
+    )
+    .await
+}
+
+enum KeyState {
+    Ok(Arc<DataKey>),
+    /// Stream row gone (deleted while we ran): skip its rows.
+    Gone,
+    Broken,
+}
+
+/// Runs the check with options.
+pub async fn check_with(
+    index: &dyn Index,
+    store: &FragmentStore,
+    opts: &Options,
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    let now = SystemClock.now_ms();
+    // Stats first: a row inserted after this read has a seq below the reservation read
+    // here, because reservations are committed before numbers are used.
+    let stats: HashMap<String, StreamStats> = index
+        .stream_stats()
+        .await?
+        .into_iter()
+        .map(|s| (s.stream_id.clone(), s))
+        .collect();
+    for s in stats.values() {
+        if let Some(max) = s.max_seq
+            && max >= s.seq_reserved
+        {
+            report.problems.push(Problem::ReservationBehind {
+                stream_id: s.stream_id.clone(),
+                max_seq: max,
+                seq_reserved: s.seq_reserved,
+            });
+        }
+    }
     let listed = store.list(None).await?;
     report.objects_listed = listed.len() as u64;
-    let sizes: std::collections::HashMap<String, u64> =
-        listed.iter().map(|o| (o.key.clone(), o.size)).collect();
+    let sizes: HashMap<String, u64> = listed.iter().map(|o| (o.key.clone(), o.size)).collect();
     let mut referenced = HashSet::new();
     let mut cursor = None;
-    let mut key_cache: Option<(
-        String,
-        Result<std::sync::Arc<crate::store::DataKey>, String>,
-    )> = None;
+    let mut keys_by_stream: HashMap<String, KeyState> = HashMap::new();
+    let mut sessions_seen: HashSet<(String, u64)> = HashSet::new();
     loop {
         let page = index.scan_fragments(cursor.clone(), 1000).await?;
         let Some(last) = page.last() else { break };
@@ -127,47 +254,95 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
         for f in page {
             report.fragments_checked += 1;
             referenced.insert(f.object_key.clone());
-            match sizes.get(&f.object_key) {
-                None => {
-                    report.problems.push(Problem::MissingObject {
-                        key: f.object_key.clone(),
-                    });
-                    continue;
-                }
-                Some(&stored) if stored != f.object_size => {
-                    report.problems.push(Problem::SizeMismatch {
-                        key: f.object_key.clone(),
-                        indexed: f.object_size,
-                        stored,
-                    });
-                    continue;
-                }
-                Some(_) => {}
+            if let Some(s) = stats.get(&f.stream_id)
+                && f.server_ts_ms < retention_cutoff_ms(now, s.retention_hours)
+            {
+                report.expired_fragments += 1;
             }
-            if !deep {
+            let expected_key = keys::fragment_key(&f.stream_id, f.seq).to_string();
+            if f.object_key != expected_key {
+                report.problems.push(Problem::WrongObjectKey {
+                    stream_id: f.stream_id.clone(),
+                    seq: f.seq,
+                    key: f.object_key.clone(),
+                });
+            }
+            match check_row(index, store, &f, &sizes, &mut report).await? {
+                RowState::Present => {}
+                RowState::Vanished => {
+                    report.vanished_during_check += 1;
+                    continue;
+                }
+                RowState::Problem => continue,
+            }
+            let session_key = (f.stream_id.clone(), f.session_id);
+            let check_session = !sessions_seen.contains(&session_key);
+            if !opts.deep && !check_session {
                 continue;
             }
-            if key_cache.as_ref().is_none_or(|(id, _)| id != &f.stream_id) {
-                let k = match index.get_stream_by_id(&f.stream_id).await? {
-                    Some(s) => store
-                        .keyring()
-                        .unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key)
-                        .map(std::sync::Arc::new)
-                        .map_err(|e| e.to_string()),
-                    None => Err("stream row missing".to_owned()),
+            if opts.deep && !keys_by_stream.contains_key(&f.stream_id) {
+                let state = match index.get_stream_by_id(&f.stream_id).await? {
+                    Some(s) => match store.keyring().unwrap_data_key(
+                        &s.kms_key_id,
+                        &s.stream_id,
+                        &s.wrapped_key,
+                    ) {
+                        Ok(k) => KeyState::Ok(Arc::new(k)),
+                        Err(e) => {
+                            report.problems.push(Problem::UnreadableKey {
+                                stream_id: f.stream_id.clone(),
+                                reason: e.to_string(),
+                            });
+                            KeyState::Broken
+                        }
+                    },
+                    None => KeyState::Gone,
                 };
-                if let Err(reason) = &k {
-                    report.problems.push(Problem::UnreadableKey {
-                        stream_id: f.stream_id.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                key_cache = Some((f.stream_id.clone(), k));
+                keys_by_stream.insert(f.stream_id.clone(), state);
             }
-            let Some((_, Ok(key))) = &key_cache else {
-                continue;
+            let key = match keys_by_stream.get(&f.stream_id) {
+                Some(KeyState::Ok(k)) => Some(k.clone()),
+                Some(KeyState::Gone) => {
+                    report.vanished_during_check += 1;
+                    continue;
+                }
+                Some(KeyState::Broken) | None => None,
             };
-            match store.get_fragment(key, f.seq).await {
+            if check_session {
+                sessions_seen.insert(session_key);
+                report.sessions_checked += 1;
+                match index.get_session(&f.stream_id, f.session_id).await? {
+                    Some(rec) => {
+                        if opts.deep
+                            && let Some(k) = &key
+                            && let Err(e) =
+                                k.open(BlobKind::SessionHeader, f.session_id, &rec.header_sealed)
+                        {
+                            report.problems.push(Problem::SessionUnreadable {
+                                stream_id: f.stream_id.clone(),
+                                session_id: f.session_id,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                    None => {
+                        if still_indexed(index, &f).await? {
+                            report.problems.push(Problem::MissingSession {
+                                stream_id: f.stream_id.clone(),
+                                seq: f.seq,
+                                session_id: f.session_id,
+                            });
+                        } else {
+                            report.vanished_during_check += 1;
+                        }
+                    }
+                }
+            }
+            if !opts.deep {
+                continue;
+            }
+            let Some(key) = key else { continue };
+            match store.get_fragment(&key, f.seq).await {
                 Ok(plain) => {
                     report.fragments_decrypted += 1;
                     if plain.len() as u64 != f.size {
@@ -182,9 +357,15 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
                         });
                     }
                 }
-                Err(StoreError::NotFound(_)) => report.problems.push(Problem::MissingObject {
-                    key: f.object_key.clone(),
-                }),
+                Err(StoreError::NotFound(_)) => {
+                    if still_indexed(index, &f).await? {
+                        report.problems.push(Problem::MissingObject {
+                            key: f.object_key.clone(),
+                        });
+                    } else {
+                        report.vanished_during_check += 1;
+                    }
+                }
                 Err(e) => report.problems.push(Problem::DecryptFailed {
                     key: f.object_key.clone(),
                     reason: e.to_string(),
@@ -197,7 +378,62 @@ pub async fn check(index: &dyn Index, store: &FragmentStore, deep: bool) -> anyh
         .filter(|o| !referenced.contains(&o.key))
         .map(|o| o.key)
         .collect();
-    report.pending_garbage_rows = index.list_garbage(100_000).await?.len();
     report.unreferenced_objects.sort();
+    report.pending_garbage_rows = index.list_garbage(usize::MAX >> 1).await?.len();
+    if let Some(root) = &opts.local_root {
+        report.staging_leftovers = crate::gc::staging_leftovers(root, std::time::Duration::ZERO)
+            .await?
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect();
+    }
     Ok(report)
+}
+
+enum RowState {
+    Present,
+    Vanished,
+    Problem,
+}
+
+/// Presence and sealed size of a row's object, re-verified against a live data dir.
+async fn check_row(
+    index: &dyn Index,
+    store: &FragmentStore,
+    f: &FragmentRecord,
+    sizes: &HashMap<String, u64>,
+    report: &mut Report,
+) -> anyhow::Result<RowState> {
+    let stored = match sizes.get(&f.object_key) {
+        Some(&s) => Some(s),
+        // Not in the listing: written after it, or really missing.
+        None => store.head_size(&f.object_key).await?,
+    };
+    match stored {
+        None => {
+            if still_indexed(index, f).await? {
+                report.problems.push(Problem::MissingObject {
+                    key: f.object_key.clone(),
+                });
+                Ok(RowState::Problem)
+            } else {
+                Ok(RowState::Vanished)
+            }
+        }
+        Some(stored) if stored != f.object_size => {
+            report.problems.push(Problem::SizeMismatch {
+                key: f.object_key.clone(),
+                indexed: f.object_size,
+                stored,
+            });
+            Ok(RowState::Problem)
+        }
+        Some(_) => Ok(RowState::Present),
+    }
+}
+
+/// Whether the row is still in the (raw) index: a row deleted since the scan read it
+/// (retention, DeleteStream) explains a missing object or session.
+async fn still_indexed(index: &dyn Index, f: &FragmentRecord) -> anyhow::Result<bool> {
+    Ok(index.get_fragment(&f.stream_id, f.seq).await?.is_some())
 }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// Read API limits (GetMedia, ListFragments, GetMediaForFragmentList).
     pub media: MediaSettings,
+    /// The retention task (expiry by `DataRetentionInHours`, optional size cap).
+    pub retention: RetentionSettings,
     /// Background deletion (DeleteStream sweeps, orphan clean-up).
     pub gc: GcSettings,
 }
@@ -82,6 +84,7 @@ impl Default for Settings {
             keys: KeySettings::default(),
             ingest: IngestSettings::default(),
             media: MediaSettings::default(),
+            retention: RetentionSettings::default(),
             gc: GcSettings::default(),
         }
     }
@@ -269,6 +272,12 @@ pub struct IngestSettings {
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Idempotent re-upload: a fragment whose producer timestamp and bytes equal those
+    /// of a fragment of the same stream stored (server timestamp) within this window is
+    /// not stored again; its PERSISTED ack carries the original fragment number. `0s`
+    /// turns it off (every fragment is new, as on AWS). Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
 }
 
 impl Default for IngestSettings {
@@ -283,6 +292,7 @@ impl Default for IngestSettings {
             memory_budget_bytes: 512 << 20,
             idle_ack_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
+            dedupe_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -306,6 +316,33 @@ impl Default for MediaSettings {
         Self {
             max_readers_per_stream: 64,
             max_idle: None,
+        }
+    }
+}
+
+/// The retention task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Interval between retention passes (UpdateDataRetention with DECREASE also starts
+    /// one at once). Reads hide expired fragments whenever the pass runs. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Fragments younger than this (by server timestamp) are never deleted, whatever the
+    /// retention or the size cap say. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+    /// Per-stream cap on stored bytes (sealed object sizes); a stream above it loses its
+    /// oldest fragments first. `0` turns the cap off. Default 0.
+    pub max_stream_bytes: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            min_age: Duration::from_secs(300),
+            max_stream_bytes: 0,
         }
     }
 }
@@ -375,7 +412,10 @@ impl Settings {
                 continue;
             };
             // Variables read elsewhere (the CLI, the test suite), not settings.
-            if matches!(rest, "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON") {
+            if matches!(
+                rest,
+                "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON" | "SOAK_CYCLES" | "CRASH_SEED"
+            ) {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();

@@ -5,7 +5,7 @@
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
 //! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`api`] (one router per
 //! API family), [`server`] (assembly and `run`), [`check`] (invariant checker) and
-//! [`cli`] (the `streamvault` command).
+//! [`cli`] (the `streamvault` command); [`retention`] expires fragments.
 
 pub mod api;
 pub mod auth;
@@ -22,6 +22,7 @@ pub mod media;
 pub mod metrics;
 pub mod mkv;
 pub mod model;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod streams;

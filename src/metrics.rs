@@ -39,6 +39,8 @@ pub fn handle() -> PrometheusHandle {
 pub const INGEST_BYTES: &str = "streamvault_ingest_bytes_total";
 /// Fragments persisted (PERSISTED sent, or stored for retention-0 streams: never).
 pub const INGEST_FRAGMENTS: &str = "streamvault_ingest_fragments_persisted_total";
+/// Re-sent fragments recognised as already stored (idempotent re-upload).
+pub const INGEST_DUPLICATES: &str = "streamvault_ingest_fragments_deduplicated_total";
 /// ERROR acks by ErrorId.
 pub const INGEST_ERRORS: &str = "streamvault_ingest_errors_total";
 /// Open PutMedia sessions.

@@ -5,20 +5,21 @@
 //! tasks and closes the index cleanly.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::Settings;
-use crate::gc::Sweeper;
+use crate::config::{Settings, StoreBackend};
+use crate::gc::{Sweeper, Trigger};
 use crate::index::sqlite::SqliteIndex;
 use crate::ingest::Ingest;
+use crate::retention::Retention;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
 
@@ -79,9 +80,13 @@ impl ServerBuilder {
                 ring
             }
         };
-        let objects = match self.objects {
-            Some(o) => o,
-            None => store::object_store_from_settings(&settings)?,
+        let (objects, local_root) = match self.objects {
+            Some(o) => (o, None),
+            None => (
+                store::object_store_from_settings(&settings)?,
+                (settings.store.backend == StoreBackend::Local)
+                    .then(|| settings.local_store_path()),
+            ),
         };
         let (keys, generated) = crate::auth::KeyStore::load(&settings)?;
         if let Some(g) = generated {
@@ -101,13 +106,18 @@ impl ServerBuilder {
         }
         let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
         let store = FragmentStore::new(objects, Arc::new(keyring));
-        let catalog = Catalog::new(&settings, index.clone(), store.clone(), clock.clone());
+        // Every API reads through the retention view: expired fragments are invisible
+        // before the retention task deletes them.
+        let view = Arc::new(index.retention_view(clock.clone()));
+        let catalog = Catalog::new(&settings, view, store.clone(), clock.clone());
         Ok(Server {
             settings: Arc::new(settings),
             index,
             catalog,
             clock,
             auth,
+            local_root,
+            gc: Trigger::default(),
         })
     }
 }
@@ -116,10 +126,14 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct Server {
     settings: Arc<Settings>,
+    /// The raw index (no retention view): background tasks and shutdown.
     index: Arc<SqliteIndex>,
     catalog: Catalog,
     clock: SharedClock,
     auth: Arc<crate::auth::Auth>,
+    /// The local backend's directory, when the store was built from the settings.
+    local_root: Option<PathBuf>,
+    gc: Trigger,
 }
 
 impl Server {
@@ -132,14 +146,26 @@ impl Server {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Wakes the garbage sweeper; [`Trigger::run_now`] waits for a whole sweep.
+    pub fn gc_trigger(&self) -> Trigger {
+        self.gc.clone()
+    }
+
+    /// Wakes the retention task; [`Trigger::run_now`] waits for a whole pass.
+    pub fn retention_trigger(&self) -> Trigger {
+        self.catalog.retention_trigger().clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes. Startup recovery of the object
+    /// store (orphans, interrupted staged writes) runs first, before any request is
+    /// accepted; pending garbage rows are completed by the sweeper right after.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
-        let gc_wake = Arc::new(Notify::new());
+        let gc_wake = self.gc.notify_handle();
         let stop = CancellationToken::new();
         let state = AppState {
             public_url: self.settings.public_base_url(addr).into(),
@@ -154,10 +180,28 @@ impl Server {
         let sweeper = Sweeper {
             index: self.index.clone(),
             store: self.catalog.store().clone(),
-            clock: self.clock.clone(),
             orphan_min_age: self.settings.gc.orphan_min_age,
+            local_root: self.local_root.clone(),
         };
-        let gc_task = tokio::spawn(sweeper.run(self.settings.gc.interval, gc_wake, stop.clone()));
+        match sweeper.recover().await {
+            Ok(r) if r.orphans_deleted + r.staging_files_deleted > 0 => tracing::info!(
+                orphans = r.orphans_deleted,
+                staged = r.staging_files_deleted,
+                "startup recovery removed objects without index rows"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "startup recovery of the object store failed"),
+        }
+        let gc_task =
+            tokio::spawn(sweeper.run(self.settings.gc.interval, self.gc.clone(), stop.clone()));
+        let retention = Retention {
+            index: self.index.clone(),
+            store: self.catalog.store().clone(),
+            clock: self.clock.clone(),
+            settings: self.settings.retention.clone(),
+        };
+        let retention_task =
+            tokio::spawn(retention.run(self.catalog.retention_trigger().clone(), stop.clone()));
 
         let app = api::router(state);
         let scheme = if self.settings.tls.enabled() {
@@ -193,6 +237,7 @@ impl Server {
         }
         stop.cancel();
         let _ = gc_task.await;
+        let _ = retention_task.await;
         self.index.close();
         tracing::info!("index closed; stopped");
         Ok(())

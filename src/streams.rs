@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::gc::Trigger;
 use crate::index::{Index, NewStream, StreamRecord, StreamUpdate};
 use crate::model::{self, StreamArn, StreamName};
 use crate::store::{DataKey, FragmentStore};
@@ -24,6 +25,8 @@ pub struct Catalog {
     default_retention_hours: i64,
     max_streams: u64,
     keys: Arc<Mutex<HashMap<String, Arc<DataKey>>>>,
+    /// Wakes the retention task (UpdateDataRetention with DECREASE).
+    retention: Trigger,
 }
 
 /// Input of [`Catalog::create`].
@@ -57,7 +60,13 @@ impl Catalog {
             default_retention_hours: settings.default_retention_hours,
             max_streams: settings.max_streams,
             keys: Arc::default(),
+            retention: Trigger::default(),
         }
+    }
+
+    /// The trigger of the retention task that serves this catalog.
+    pub fn retention_trigger(&self) -> &Trigger {
+        &self.retention
     }
 
     pub fn index(&self) -> &Arc<dyn Index> {
@@ -186,10 +195,17 @@ impl Catalog {
         if let Some(v) = expected_version {
             model::check_version(v)?;
         }
-        Ok(self
+        let decrease =
+            matches!(update, StreamUpdate::Retention { hours } if hours < s.retention_hours);
+        let out = self
             .index
             .update_stream(&s.stream_id, expected_version, update, &new_id())
-            .await?)
+            .await?;
+        if decrease {
+            // Reads hide the now-expired fragments already; delete them now too.
+            self.retention.wake();
+        }
+        Ok(out)
     }
 
     /// DeleteStream: the data key is destroyed and the rows removed in one transaction;

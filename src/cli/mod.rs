@@ -29,7 +29,8 @@ struct Cli {
 enum Command {
     /// Run the server (embedded default: local disk + embedded index under --data-dir).
     Serve(ServeArgs),
-    /// Verify index ↔ store invariants of a data dir (exit 1 on any violation).
+    /// Verify index ↔ store invariants of a data dir, live or stopped (exit 1 on any
+    /// violation, 2 when the check cannot run).
     Check(CheckArgs),
     /// Read a stream as MKV (GetMedia), to a file or standard output.
     GetMedia(consume::GetMediaArgs),
@@ -176,7 +177,19 @@ async fn wait_for_signal() {
     }
 }
 
+/// `check`: exit 0 when clean, 1 when an invariant is broken, 2 when the check could
+/// not run (no index, no key, unreadable store).
 async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    match run_check(a).await {
+        Ok(clean) => Ok(ExitCode::from(if clean { 0 } else { 1 })),
+        Err(e) => {
+            eprintln!("error: check could not run: {e:#}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
     let settings = load_settings(&a.common)?;
     if !settings.index_path().exists() {
         anyhow::bail!(
@@ -200,23 +213,45 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let objects = crate::store::object_store_from_settings(&settings)?;
     let store = crate::store::FragmentStore::new(objects, Arc::new(keyring));
     let index = crate::index::sqlite::SqliteIndex::open(&settings.index_path())?;
-    let report = crate::check::check(&index, &store, a.deep).await?;
+    let opts = crate::check::Options {
+        deep: a.deep,
+        local_root: (settings.store.backend == crate::config::StoreBackend::Local)
+            .then(|| settings.local_store_path()),
+    };
+    let report = crate::check::check_with(&index, &store, &opts).await?;
     println!(
-        "checked {} fragments ({} decrypted), {} objects listed, {} unreferenced objects awaiting sweep, {} garbage rows pending",
+        "checked {} fragments ({} decrypted), {} sessions, {} objects listed",
         report.fragments_checked,
         report.fragments_decrypted,
+        report.sessions_checked,
         report.objects_listed,
-        report.unreferenced_objects.len(),
-        report.pending_garbage_rows
     );
+    println!(
+        "awaiting collection (not problems): {} unreferenced objects, {} garbage rows, {} expired fragments, {} interrupted staged writes",
+        report.unreferenced_objects.len(),
+        report.pending_garbage_rows,
+        report.expired_fragments,
+        report.staging_leftovers.len(),
+    );
+    if report.vanished_during_check > 0 {
+        println!(
+            "{} fragments were deleted while the check ran (live data dir)",
+            report.vanished_during_check
+        );
+    }
+    for k in &report.unreferenced_objects {
+        println!("unreferenced: {k}");
+    }
+    for p in &report.staging_leftovers {
+        println!("staged write: {p}");
+    }
     for p in &report.problems {
         println!("PROBLEM: {p}");
     }
     if report.is_clean() {
         println!("clean");
-        Ok(ExitCode::SUCCESS)
     } else {
         println!("{} problems", report.problems.len());
-        Ok(ExitCode::from(1))
     }
+    Ok(report.is_clean())
 }

@@ -169,7 +169,35 @@ pub struct GarbageRecord {
     pub created_ms: EpochMillis,
 }
 
+/// Per-stream figures: for the size cap, `check` (I3) and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    pub stream_id: String,
+    pub retention_hours: i64,
+    /// First fragment sequence number not yet reserved (I3: every stored `seq` is below).
+    pub seq_reserved: u64,
+    pub fragments: u64,
+    /// Sum of the sealed object sizes.
+    pub bytes: u64,
+    pub max_seq: Option<u64>,
+}
+
+/// The earliest server timestamp a stream with `retention_hours` still serves at `now_ms`:
+/// a fragment is expired (never returned by a read, deleted by the retention task) when
+/// its server timestamp is below this.
+pub fn retention_cutoff_ms(now_ms: EpochMillis, retention_hours: i64) -> EpochMillis {
+    now_ms.saturating_sub(retention_hours.saturating_mul(3_600_000))
+}
+
 /// The index interface. Every method is a single transaction.
+///
+/// **Retention view.** The index the catalog (and so every read API) uses is a *retention
+/// view* (`SqliteIndex::retention_view`): [`Index::get_fragment`],
+/// [`Index::fragments_after`], [`Index::fragments_in_range`], [`Index::last_fragment`] and
+/// [`Index::find_fragment_by_content`] never return a fragment whose server timestamp is
+/// below [`retention_cutoff_ms`] of its stream at the view's clock, whether or not the
+/// retention task deleted it yet. The raw index (no view) returns every row; `check`, the
+/// sweeper and the retention task use it.
 #[async_trait]
 pub trait Index: Send + Sync + std::fmt::Debug {
     /// Creates a stream; fails when the name is taken or `max_streams` would be exceeded.
@@ -244,4 +272,49 @@ pub trait Index: Send + Sync + std::fmt::Debug {
 
     async fn list_garbage(&self, limit: usize) -> IndexResult<Vec<GarbageRecord>>;
     async fn drop_garbage(&self, id: i64) -> IndexResult<()>;
+
+    /// Commits a fragment row unless a row of the same stream with the same producer
+    /// timestamp and content hash, and a server timestamp at or after
+    /// `dedupe_since_ms`, exists; then nothing is written and that row is returned. The
+    /// check and the insert are one transaction (idempotent re-upload).
+    async fn insert_fragment_unless_duplicate(
+        &self,
+        f: FragmentRecord,
+        dedupe_since_ms: EpochMillis,
+    ) -> IndexResult<Option<FragmentRecord>>;
+    /// The fragment of a stream with this producer timestamp and content hash whose
+    /// server timestamp is at or after `since_ms` (the earliest by seq).
+    async fn find_fragment_by_content(
+        &self,
+        stream_id: &str,
+        producer_ts_ms: EpochMillis,
+        content_hash: &str,
+        since_ms: EpochMillis,
+    ) -> IndexResult<Option<FragmentRecord>>;
+
+    /// Retention, step 1 of the single-fragment delete protocol: in one transaction,
+    /// deletes the rows of up to `limit` fragments (all streams, oldest first) whose
+    /// server timestamp is below their stream's [`retention_cutoff_ms`] at `now_ms` and
+    /// below `protect_from_ms` (the minimum age), inserts one garbage row per object, and
+    /// deletes sessions that no fragment uses any more and that were created before both
+    /// bounds. Returns the garbage rows.
+    async fn expire_fragments(
+        &self,
+        now_ms: EpochMillis,
+        protect_from_ms: EpochMillis,
+        limit: usize,
+    ) -> IndexResult<Vec<GarbageRecord>>;
+    /// The size cap, same protocol: deletes a stream's oldest fragments (by seq) until
+    /// the sum of its object sizes is at most `max_bytes`, never one with a server
+    /// timestamp at or after `protect_from_ms`; at most `limit` per call.
+    async fn trim_stream(
+        &self,
+        stream_id: &str,
+        max_bytes: u64,
+        protect_from_ms: EpochMillis,
+        limit: usize,
+        now_ms: EpochMillis,
+    ) -> IndexResult<Vec<GarbageRecord>>;
+    /// Figures of every live stream, in stream id order.
+    async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>>;
 }

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::*;
+use crate::clock::SharedClock;
 
 /// Migrations, in order; `user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     stream_id       TEXT PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,
@@ -62,13 +64,22 @@ CREATE TABLE garbage (
     object_key TEXT,
     created_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    // 2: idempotent re-upload looks fragments up by content; retention drops sessions
+    // no fragment uses.
+    r#"
+CREATE INDEX fragments_by_content ON fragments (stream_id, producer_ts_ms, content_hash);
+CREATE INDEX fragments_by_session ON fragments (stream_id, session_id);
+"#,
+];
 
 /// SQLite-backed [`Index`].
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Set on a retention view: the clock whose "now" hides expired fragments.
+    view: Option<SharedClock>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> IndexError {
@@ -96,7 +107,22 @@ impl SqliteIndex {
         Ok(Self {
             writer: Arc::new(Mutex::new(w)),
             reader: Arc::new(Mutex::new(r)),
+            view: None,
         })
+    }
+
+    /// The same index (same connections) as a retention view at `clock`: fragment reads
+    /// never return a fragment older than its stream's retention (see [`Index`]).
+    pub fn retention_view(&self, clock: SharedClock) -> Self {
+        Self {
+            view: Some(clock),
+            ..self.clone()
+        }
+    }
+
+    /// "Now" of the retention view, `None` on the raw index.
+    fn view_now(&self) -> Option<EpochMillis> {
+        self.view.as_ref().map(|c| c.now_ms())
     }
 
     async fn write<T: Send + 'static>(
@@ -234,6 +260,109 @@ fn query_fragments(
     let mut st = c.prepare_cached(sql).map_err(db_err)?;
     let rows = st.query_map(args, fragment_from_row).map_err(db_err)?;
     rows.collect::<Result<_, _>>().map_err(db_err)
+}
+
+/// `AND` clause that hides the expired fragments of stream `?{sid}` at time `?{now}`; a
+/// NULL `now` (the raw index) hides nothing. Every fragment read of the retention view
+/// goes through it: the one place expiry is applied to reads.
+fn visible(sid: usize, now: usize) -> String {
+    format!(
+        "AND (?{now} IS NULL OR server_ts_ms >= ?{now} - \
+         (SELECT s.retention_hours FROM streams s WHERE s.stream_id = ?{sid}) * 3600000)"
+    )
+}
+
+fn insert_fragment_row(c: &Connection, f: &FragmentRecord) -> IndexResult<()> {
+    let meta = serde_json::to_string(&f.metadata).map_err(db_err)?;
+    let r = c.execute(
+        &format!("INSERT INTO fragments ({FRAGMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            f.stream_id,
+            f.seq as i64,
+            f.session_id as i64,
+            f.producer_ts_ms,
+            f.server_ts_ms,
+            f.duration_ms,
+            f.producer_timecode,
+            f.size as i64,
+            f.object_key,
+            f.object_size as i64,
+            f.content_hash,
+            meta
+        ],
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            // A primary-key clash, or the stream row is gone (foreign key).
+            let stream_exists: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM streams WHERE stream_id = ?1)",
+                    [&f.stream_id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if stream_exists {
+                Err(IndexError::DuplicateFragment {
+                    stream_id: f.stream_id.clone(),
+                    seq: f.seq,
+                })
+            } else {
+                Err(IndexError::StreamNotFound(f.stream_id.clone()))
+            }
+        }
+        Err(e) => Err(db_err(e)),
+    }
+}
+
+fn find_by_content(
+    c: &Connection,
+    stream_id: &str,
+    producer_ts_ms: EpochMillis,
+    content_hash: &str,
+    since_ms: EpochMillis,
+    now: Option<EpochMillis>,
+) -> IndexResult<Option<FragmentRecord>> {
+    let mut v = query_fragments(
+        c,
+        &format!(
+            "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND producer_ts_ms = ?2 AND content_hash = ?3
+             AND server_ts_ms >= ?4 {} ORDER BY seq LIMIT 1",
+            visible(1, 5)
+        ),
+        params![stream_id, producer_ts_ms, content_hash, since_ms, now],
+    )?;
+    Ok(v.pop())
+}
+
+/// Step 1 of the single-fragment delete protocol for one row: a garbage row for its
+/// object, and the fragment row gone (the caller holds the transaction).
+fn retire_fragment(
+    tx: &Connection,
+    stream_id: &str,
+    seq: i64,
+    object_key: &str,
+    now_ms: EpochMillis,
+) -> IndexResult<GarbageRecord> {
+    tx.execute(
+        "INSERT INTO garbage (stream_id, object_key, created_ms) VALUES (?1, ?2, ?3)",
+        params![stream_id, object_key, now_ms],
+    )
+    .map_err(db_err)?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "DELETE FROM fragments WHERE stream_id = ?1 AND seq = ?2",
+        params![stream_id, seq],
+    )
+    .map_err(db_err)?;
+    Ok(GarbageRecord {
+        id,
+        stream_id: stream_id.to_owned(),
+        object_key: Some(object_key.to_owned()),
+        created_ms: now_ms,
+    })
 }
 
 fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
@@ -493,46 +622,20 @@ impl Index for SqliteIndex {
     }
 
     async fn insert_fragment(&self, f: FragmentRecord) -> IndexResult<()> {
-        self.write(move |c| {
-            let meta = serde_json::to_string(&f.metadata).map_err(db_err)?;
-            let r = c.execute(
-                &format!("INSERT INTO fragments ({FRAGMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-                params![
-                    f.stream_id,
-                    f.seq as i64,
-                    f.session_id as i64,
-                    f.producer_ts_ms,
-                    f.server_ts_ms,
-                    f.duration_ms,
-                    f.producer_timecode,
-                    f.size as i64,
-                    f.object_key,
-                    f.object_size as i64,
-                    f.content_hash,
-                    meta
-                ],
-            );
-            match r {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(IndexError::DuplicateFragment {
-                        stream_id: f.stream_id,
-                        seq: f.seq,
-                    })
-                }
-                Err(e) => Err(db_err(e)),
-            }
-        })
-        .await
+        self.write(move |c| insert_fragment_row(c, &f)).await
     }
 
     async fn get_fragment(&self, stream_id: &str, seq: u64) -> IndexResult<Option<FragmentRecord>> {
         let id = stream_id.to_owned();
+        let now = self.view_now();
         self.read(move |c| {
             let mut v = query_fragments(
                 c,
-                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq = ?2"),
-                params![id, seq as i64],
+                &format!(
+                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq = ?2 {}",
+                    visible(1, 3)
+                ),
+                params![id, seq as i64, now],
             )?;
             Ok(v.pop())
         })
@@ -547,11 +650,15 @@ impl Index for SqliteIndex {
     ) -> IndexResult<Vec<FragmentRecord>> {
         let id = stream_id.to_owned();
         let after = after_seq.map(|s| s as i64).unwrap_or(-1);
+        let now = self.view_now();
         self.read(move |c| {
             query_fragments(
                 c,
-                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
-                params![id, after, limit as i64],
+                &format!(
+                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3",
+                    visible(1, 4)
+                ),
+                params![id, after, limit as i64, now],
             )
         })
         .await
@@ -572,14 +679,16 @@ impl Index for SqliteIndex {
             TimestampKind::Server => "server_ts_ms",
         };
         let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
+        let now = self.view_now();
         self.read(move |c| {
             query_fragments(
                 c,
                 &format!(
                     "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND {col} >= ?2 AND {col} <= ?3
-                     AND ({col} > ?4 OR ({col} = ?4 AND seq > ?5)) ORDER BY {col}, seq LIMIT ?6"
+                     AND ({col} > ?4 OR ({col} = ?4 AND seq > ?5)) {} ORDER BY {col}, seq LIMIT ?6",
+                    visible(1, 7)
                 ),
-                params![id, start_ms, end_ms, after_ts, after_seq, limit as i64],
+                params![id, start_ms, end_ms, after_ts, after_seq, limit as i64, now],
             )
         })
         .await
@@ -587,11 +696,15 @@ impl Index for SqliteIndex {
 
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>> {
         let id = stream_id.to_owned();
+        let now = self.view_now();
         self.read(move |c| {
             let mut v = query_fragments(
                 c,
-                &format!("SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 ORDER BY seq DESC LIMIT 1"),
-                params![id],
+                &format!(
+                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 {} ORDER BY seq DESC LIMIT 1",
+                    visible(1, 2)
+                ),
+                params![id, now],
             )?;
             Ok(v.pop())
         })
@@ -655,6 +768,169 @@ impl Index for SqliteIndex {
             c.execute("DELETE FROM garbage WHERE id = ?1", [id])
                 .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn insert_fragment_unless_duplicate(
+        &self,
+        f: FragmentRecord,
+        dedupe_since_ms: EpochMillis,
+    ) -> IndexResult<Option<FragmentRecord>> {
+        let now = self.view_now();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let existing = find_by_content(
+                &tx,
+                &f.stream_id,
+                f.producer_ts_ms,
+                &f.content_hash,
+                dedupe_since_ms,
+                now,
+            )?;
+            if existing.is_none() {
+                insert_fragment_row(&tx, &f)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(existing)
+        })
+        .await
+    }
+
+    async fn find_fragment_by_content(
+        &self,
+        stream_id: &str,
+        producer_ts_ms: EpochMillis,
+        content_hash: &str,
+        since_ms: EpochMillis,
+    ) -> IndexResult<Option<FragmentRecord>> {
+        let (id, hash) = (stream_id.to_owned(), content_hash.to_owned());
+        let now = self.view_now();
+        self.read(move |c| find_by_content(c, &id, producer_ts_ms, &hash, since_ms, now))
+            .await
+    }
+
+    async fn expire_fragments(
+        &self,
+        now_ms: EpochMillis,
+        protect_from_ms: EpochMillis,
+        limit: usize,
+    ) -> IndexResult<Vec<GarbageRecord>> {
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let streams: Vec<(String, i64)> = {
+                let mut st = tx
+                    .prepare_cached("SELECT stream_id, retention_hours FROM streams ORDER BY stream_id")
+                    .map_err(db_err)?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
+                rows.collect::<Result<_, _>>().map_err(db_err)?
+            };
+            let mut out = Vec::new();
+            for (id, hours) in streams {
+                let before = retention_cutoff_ms(now_ms, hours).min(protect_from_ms);
+                if out.len() < limit {
+                    let victims: Vec<(i64, String)> = {
+                        let mut st = tx
+                            .prepare_cached(
+                                "SELECT seq, object_key FROM fragments WHERE stream_id = ?1 AND server_ts_ms < ?2
+                                 ORDER BY server_ts_ms, seq LIMIT ?3",
+                            )
+                            .map_err(db_err)?;
+                        let rows = st
+                            .query_map(params![id, before, (limit - out.len()) as i64], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })
+                            .map_err(db_err)?;
+                        rows.collect::<Result<_, _>>().map_err(db_err)?
+                    };
+                    for (seq, key) in victims {
+                        out.push(retire_fragment(&tx, &id, seq, &key, now_ms)?);
+                    }
+                }
+                tx.execute(
+                    "DELETE FROM sessions WHERE stream_id = ?1 AND created_ms < ?2 AND NOT EXISTS
+                     (SELECT 1 FROM fragments f WHERE f.stream_id = ?1 AND f.session_id = sessions.session_id)",
+                    params![id, before],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trim_stream(
+        &self,
+        stream_id: &str,
+        max_bytes: u64,
+        protect_from_ms: EpochMillis,
+        limit: usize,
+        now_ms: EpochMillis,
+    ) -> IndexResult<Vec<GarbageRecord>> {
+        let id = stream_id.to_owned();
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let total: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(SUM(object_size), 0) FROM fragments WHERE stream_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            let mut excess = total - max_bytes.min(i64::MAX as u64) as i64;
+            let mut out = Vec::new();
+            if excess > 0 {
+                let oldest: Vec<(i64, String, i64, i64)> = {
+                    let mut st = tx
+                        .prepare_cached(
+                            "SELECT seq, object_key, object_size, server_ts_ms FROM fragments WHERE stream_id = ?1
+                             ORDER BY seq LIMIT ?2",
+                        )
+                        .map_err(db_err)?;
+                    let rows = st
+                        .query_map(params![id, limit as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })
+                        .map_err(db_err)?;
+                    rows.collect::<Result<_, _>>().map_err(db_err)?
+                };
+                for (seq, key, size, server_ts) in oldest {
+                    if excess <= 0 || server_ts >= protect_from_ms {
+                        break;
+                    }
+                    out.push(retire_fragment(&tx, &id, seq, &key, now_ms)?);
+                    excess -= size;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT s.stream_id, s.retention_hours, s.seq_reserved, COUNT(f.seq), COALESCE(SUM(f.object_size), 0), MAX(f.seq)
+                     FROM streams s LEFT JOIN fragments f ON f.stream_id = s.stream_id
+                     GROUP BY s.stream_id ORDER BY s.stream_id",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(StreamStats {
+                        stream_id: r.get(0)?,
+                        retention_hours: r.get(1)?,
+                        seq_reserved: r.get::<_, i64>(2)? as u64,
+                        fragments: r.get::<_, i64>(3)? as u64,
+                        bytes: r.get::<_, i64>(4)? as u64,
+                        max_seq: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
         })
         .await
     }
@@ -772,6 +1048,165 @@ mod tests {
         assert_eq!(g[0].stream_id, A);
         idx.drop_garbage(g[0].id).await.unwrap();
         assert!(idx.list_garbage(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn retention_view_hides_expired_fragments_from_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+        let clock = crate::clock::ManualClock::new(0);
+        let view = raw.retention_view(Arc::new(clock.clone()));
+        raw.create_stream(new_stream("cam1", A), 10).await.unwrap(); // 24 h
+        raw.reserve_fragment_seqs(A, 64).await.unwrap();
+        const H: i64 = 3_600_000;
+        // Server timestamps (ts + 5) at hours 0..48.
+        for h in 0..48u64 {
+            raw.insert_fragment(frag(A, h, h as i64 * H - 5))
+                .await
+                .unwrap();
+        }
+        clock.set_ms(48 * H);
+        // Cutoff 24 h: seqs 24..47 visible.
+        let all = view.fragments_after(A, None, 1000).await.unwrap();
+        assert_eq!(all.first().map(|f| f.seq), Some(24));
+        assert_eq!(all.len(), 24);
+        assert!(view.get_fragment(A, 23).await.unwrap().is_none());
+        assert!(view.get_fragment(A, 24).await.unwrap().is_some());
+        let r = view
+            .fragments_in_range(A, TimestampKind::Producer, 0, i64::MAX, None, 1000)
+            .await
+            .unwrap();
+        assert_eq!(r.len(), 24);
+        assert!(r.iter().all(|f| f.seq >= 24));
+        let r = view
+            .fragments_in_range(A, TimestampKind::Server, 0, 30 * H, None, 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|f| f.seq).collect::<Vec<_>>(),
+            (24..=30).collect::<Vec<_>>()
+        );
+        assert_eq!(view.last_fragment(A).await.unwrap().unwrap().seq, 47);
+        // The raw index sees everything.
+        assert_eq!(raw.fragments_after(A, None, 1000).await.unwrap().len(), 48);
+        // Everything expired: nothing at all.
+        clock.set_ms(100 * H);
+        assert!(view.last_fragment(A).await.unwrap().is_none());
+        assert!(view.fragments_after(A, None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn expire_trim_and_stats_follow_the_delete_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+        idx.create_stream(new_stream("cam1", A), 10).await.unwrap(); // 24 h
+        idx.reserve_fragment_seqs(A, 64).await.unwrap();
+        const H: i64 = 3_600_000;
+        for h in 0..48u64 {
+            let mut f = frag(A, h, h as i64 * H - 5);
+            f.session_id = h / 10;
+            f.object_key = format!("obj/{h}");
+            idx.insert_fragment(f).await.unwrap();
+        }
+        for sid in 0..5u64 {
+            idx.insert_session(SessionRecord {
+                stream_id: A.into(),
+                session_id: sid,
+                created_ms: sid as i64 * 10 * H,
+                header_sealed: vec![1],
+            })
+            .await
+            .unwrap();
+        }
+        let st = idx.stream_stats().await.unwrap();
+        assert_eq!(st[0].fragments, 48);
+        assert_eq!(st[0].bytes, 48 * 140);
+        assert_eq!((st[0].max_seq, st[0].seq_reserved), (Some(47), 64));
+        // Minimum age protects hours >= 10 even though 0..23 are expired.
+        let g = idx.expire_fragments(48 * H, 10 * H, 1000).await.unwrap();
+        assert_eq!(g.len(), 10);
+        assert_eq!(g[0].object_key.as_deref(), Some("obj/0"));
+        assert_eq!(idx.list_garbage(100).await.unwrap().len(), 10);
+        let g = idx.expire_fragments(48 * H, 48 * H, 5).await.unwrap();
+        assert_eq!(g.len(), 5, "limit");
+        let g = idx.expire_fragments(48 * H, 48 * H, 1000).await.unwrap();
+        assert_eq!(g.len(), 9);
+        let left = idx.fragments_after(A, None, 1000).await.unwrap();
+        assert_eq!(left.first().unwrap().seq, 24);
+        // Sessions 0 and 1 (all their fragments gone, created before the cutoff) went;
+        // session 2 still has fragments 24..29.
+        assert!(idx.get_session(A, 0).await.unwrap().is_none());
+        assert!(idx.get_session(A, 1).await.unwrap().is_none());
+        assert!(idx.get_session(A, 2).await.unwrap().is_some());
+        // Size cap: 10 fragments' worth, oldest first, protected ones kept.
+        let g = idx
+            .trim_stream(A, 10 * 140, 40 * H, 1000, 48 * H)
+            .await
+            .unwrap();
+        assert_eq!(g.len(), 14, "24 left, down to 10 (seqs 24..37)");
+        let g = idx.trim_stream(A, 140, 40 * H, 1000, 48 * H).await.unwrap();
+        assert_eq!(
+            g.len(),
+            2,
+            "38 and 39; 40.. are younger than the minimum age"
+        );
+        assert_eq!(idx.list_garbage(1000).await.unwrap().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn dedupe_lookup_and_atomic_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+        idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+        let mut f = frag(A, 1, 1000);
+        f.content_hash = "aa".into();
+        assert!(
+            idx.insert_fragment_unless_duplicate(f.clone(), 0)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let found = idx
+            .find_fragment_by_content(A, 1000, "aa", 0)
+            .await
+            .unwrap();
+        assert_eq!(found.map(|f| f.seq), Some(1));
+        // Outside the window, or other bytes: not a duplicate.
+        assert!(
+            idx.find_fragment_by_content(A, 1000, "aa", 2000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            idx.find_fragment_by_content(A, 1000, "bb", 0)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let mut again = f.clone();
+        again.seq = 2;
+        let dup = idx
+            .insert_fragment_unless_duplicate(again.clone(), 0)
+            .await
+            .unwrap();
+        assert_eq!(dup.map(|f| f.seq), Some(1));
+        assert!(idx.get_fragment(A, 2).await.unwrap().is_none());
+        again.content_hash = "bb".into();
+        assert!(
+            idx.insert_fragment_unless_duplicate(again, 0)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(idx.get_fragment(A, 2).await.unwrap().is_some());
+        // A vanished stream is reported as such.
+        let mut orphan = frag("0000000000000000000000000000000b", 1, 0);
+        orphan.content_hash = "cc".into();
+        assert!(matches!(
+            idx.insert_fragment(orphan).await,
+            Err(IndexError::StreamNotFound(_))
+        ));
     }
 
     #[tokio::test]

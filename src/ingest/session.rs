@@ -378,7 +378,24 @@ async fn persist_loop(
                     continue;
                 }
                 match persist_fragment(&ctx, &fragment, seq, session_id).await {
-                    Ok(()) => {
+                    Ok(Persisted::Duplicate { original }) => {
+                        // Stored before (a producer re-sending after a lost ack): no new
+                        // object or row; PERSISTED names the stored fragment. The number
+                        // of this upload's BUFFERING/RECEIVED acks is never used.
+                        metrics::counter!(crate::metrics::INGEST_DUPLICATES).increment(1);
+                        tracing::info!(
+                            stream = %ctx.stream.name,
+                            fragment = %number,
+                            original = %FragmentNumber::new(ctx.stream.creation_ms, original),
+                            "re-sent fragment already stored; acknowledged with its original number"
+                        );
+                        ctx.acks.send(Ack::Persisted {
+                            timecode: tc,
+                            number: FragmentNumber::new(ctx.stream.creation_ms, original),
+                        });
+                        ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+                    }
+                    Ok(Persisted::New) => {
                         metrics::counter!(crate::metrics::INGEST_FRAGMENTS).increment(1);
                         metrics::histogram!(crate::metrics::ACK_BUFFERING_TO_PERSISTED)
                             .record(buffering_at.elapsed().as_secs_f64());
@@ -410,17 +427,44 @@ enum PersistError {
     Failed(String),
 }
 
+enum Persisted {
+    New,
+    /// Same stream, producer timestamp and bytes as the stored fragment `original`.
+    Duplicate {
+        original: u64,
+    },
+}
+
+/// Seal, put (durable), commit the row (durable): the create order of
+/// `docs/design/storage.md`. With a dedupe window, a fragment equal to a stored one is
+/// recognised before the put (stored once); the row insert repeats the check in its
+/// transaction, so two uploads racing with the same fragment still store one row (the
+/// loser deletes its own object, which no row names).
 async fn persist_fragment(
     ctx: &SessionContext,
     f: &Fragment,
     seq: u64,
     session_id: u64,
-) -> Result<(), PersistError> {
+) -> Result<Persisted, PersistError> {
     let store = ctx.catalog.store();
+    let index = ctx.catalog.index();
+    let hash = content_hash(&f.cluster);
+    let window = ctx.ingest.settings.dedupe_window;
+    let dedupe_since =
+        (!window.is_zero()).then(|| ctx.catalog.clock().now_ms() - window.as_millis() as i64);
+    if let Some(since) = dedupe_since
+        && let Some(orig) = index
+            .find_fragment_by_content(&ctx.stream.stream_id, f.producer_ts_ms, &hash, since)
+            .await
+            .map_err(|e| PersistError::Failed(e.to_string()))?
+    {
+        return Ok(Persisted::Duplicate { original: orig.seq });
+    }
     let stored = store
         .put_fragment(&ctx.key, seq, &f.cluster)
         .await
         .map_err(|e| PersistError::Failed(e.to_string()))?;
+    let object_key = stored.key.clone();
     let rec = FragmentRecord {
         stream_id: ctx.stream.stream_id.clone(),
         seq,
@@ -432,20 +476,32 @@ async fn persist_fragment(
         size: f.cluster.len() as u64,
         object_key: stored.key,
         object_size: stored.size,
-        content_hash: content_hash(&f.cluster),
+        content_hash: hash,
         metadata: f.metadata.clone(),
     };
-    match ctx.catalog.index().insert_fragment(rec).await {
-        Ok(()) => Ok(()),
+    let inserted = match dedupe_since {
+        Some(since) => index.insert_fragment_unless_duplicate(rec, since).await,
+        None => index.insert_fragment(rec).await.map(|()| None),
+    };
+    match inserted {
+        Ok(None) => Ok(Persisted::New),
+        Ok(Some(orig)) => {
+            // Lost a race with another upload of the same fragment: our object has no
+            // row and never will (its number is ours alone), so it can go now.
+            let _ = store.delete(&object_key).await;
+            Ok(Persisted::Duplicate { original: orig.seq })
+        }
         Err(e) => {
-            let gone = matches!(
-                ctx.catalog
-                    .index()
-                    .get_stream_by_id(&ctx.stream.stream_id)
-                    .await,
-                Ok(None)
-            );
+            let gone = matches!(e, IndexError::StreamNotFound(_))
+                || matches!(
+                    index.get_stream_by_id(&ctx.stream.stream_id).await,
+                    Ok(None)
+                );
             if gone {
+                // The stream was deleted during the upload: the object has no row and
+                // its prefix is already being swept; remove it rather than leave an
+                // orphan for the next startup.
+                let _ = store.delete(&object_key).await;
                 Err(PersistError::StreamGone)
             } else {
                 Err(PersistError::Failed(match e {

@@ -157,7 +157,7 @@ impl Reader {
                 self.catch_up(&snapshot.fragments).await?;
             }
             for f in &snapshot.fragments {
-                if self.after.is_none_or(|a| f.info.seq > a) {
+                if self.after.is_none_or(|a| f.info.seq > a) && !self.expired(f.info.server_ts_ms) {
                     self.emit_live(f).await?;
                 }
             }
@@ -235,6 +235,19 @@ impl Reader {
         });
         self.sessions.insert(session_id, h.clone());
         Ok(h)
+    }
+
+    /// Whether a fragment of the live snapshot (which holds the last fragments in
+    /// memory, however old) is past the stream's retention. Stored fragments are
+    /// filtered by the index's retention view; this is the same rule for memory.
+    /// Retention-0 streams store nothing, so their live fragments never expire.
+    fn expired(&self, server_ts_ms: i64) -> bool {
+        self.stored
+            && server_ts_ms
+                < crate::index::retention_cutoff_ms(
+                    self.catalog.clock().now_ms(),
+                    self.stream.retention_hours,
+                )
     }
 
     fn millis_behind(&self, server_ts_ms: i64, duration_ms: i64) -> i64 {

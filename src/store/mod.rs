@@ -4,6 +4,7 @@
 //! implementation: `LocalFileSystem` with fsync (the embedded default) or S3.
 
 pub mod crypto;
+pub mod faults;
 pub mod keys;
 
 use std::sync::Arc;

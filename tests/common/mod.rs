@@ -768,3 +768,95 @@ pub async fn read_chunks(
     }
     (p, raw)
 }
+
+/// Handles to a built server's background tasks (see `TestServer::start_built`).
+#[derive(Clone)]
+pub struct Handles {
+    pub gc: streamvault::gc::Trigger,
+    pub retention: streamvault::gc::Trigger,
+}
+
+impl Handles {
+    /// Runs one retention pass now and waits for it.
+    pub async fn retention_pass(&self) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.retention.run_now())
+            .await
+            .expect("retention pass within 30 s");
+    }
+
+    /// Runs one garbage sweep now and waits for it.
+    pub async fn sweep(&self) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.gc.run_now())
+            .await
+            .expect("garbage sweep within 30 s");
+    }
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir` built with injected components (`build` adds a
+    /// clock, an object store, ...), returning handles to its background tasks.
+    pub async fn start_built(
+        data_dir: PathBuf,
+        tweak: impl FnOnce(&mut Settings),
+        build: impl FnOnce(streamvault::server::ServerBuilder) -> streamvault::server::ServerBuilder,
+    ) -> (Self, Handles) {
+        let mut settings = Settings::default();
+        settings.data_dir = data_dir.clone();
+        settings.listen = "127.0.0.1:0".parse().unwrap();
+        // Servers built with injected components run on simulated clocks hours away from
+        // real time, which the SigV4 skew check rightly refuses; these tests are about
+        // durability, so auth is off (clients still sign, which is harmless).
+        settings.auth.enabled = false;
+        tweak(&mut settings);
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = build(streamvault::server::Server::builder(settings))
+            .build()
+            .unwrap();
+        let handles = Handles {
+            gc: server.gc_trigger(),
+            retention: server.retention_trigger(),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        (
+            Self {
+                addr,
+                data_dir,
+                _tmp: None,
+                stop: Some(tx),
+                task: Some(task),
+            },
+            handles,
+        )
+    }
+}
+
+/// A local object store over `<data_dir>/objects` (where `DataDir` and `check` look),
+/// for wrapping in a `FaultyStore`.
+pub fn local_objects(data_dir: &std::path::Path) -> std::sync::Arc<dyn object_store::ObjectStore> {
+    let dir = data_dir.join("objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::sync::Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .unwrap()
+            .with_fsync(true)
+            .with_automatic_cleanup(true),
+    )
+}
+
+/// A sample file split into its header (everything before the first cluster) and its
+/// clusters (exact bytes), so tests can upload single fragments.
+pub fn split_sample(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let clusters: Vec<Vec<u8>> = clusters_of(bytes).into_iter().map(|(_, c)| c).collect();
+    let first = &clusters[0];
+    let at = bytes
+        .windows(first.len().min(64))
+        .position(|w| w == &first[..first.len().min(64)])
+        .expect("first cluster in file");
+    (bytes[..at].to_vec(), clusters)
+}
