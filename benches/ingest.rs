@@ -176,7 +176,7 @@ fn bench_ingest(c: &mut Criterion<Clock>) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .with_measurement(Clock::from_env())
+        .with_measurement(Clock::from_env(false))
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     targets = bench_ingest

@@ -1,12 +1,12 @@
-//! Shared bench helpers: a criterion [`Measurement`] that is either wall-clock time (the
-//! default, like criterion's `WallTime`) or the calling thread's CPU time, chosen with
-//! `SV_BENCH_CLOCK=cpu`.
+//! Shared bench helpers: a criterion [`Measurement`] that is wall-clock time (the default,
+//! like criterion's `WallTime`) or CPU time, chosen with `SV_BENCH_CLOCK=cpu`.
 //!
-//! Thread CPU time (`CLOCK_THREAD_CPUTIME_ID`) does not count time spent runnable but
-//! descheduled, so CPU-bound single-thread benches stay comparable on a machine shared
-//! with other builds, and it is the unit the issue-9 "CPU per GB" goals are stated in.
-//! It must not be used for work that runs on other threads (e.g. `spawn_blocking`) or
-//! that waits on I/O (fsync): use wall time there.
+//! CPU time does not count time spent runnable but descheduled, so CPU-bound benches
+//! stay comparable on a machine shared with other builds, and it is the unit the issue-9
+//! "CPU per GB" goals are stated in. Groups whose work stays on the calling thread use
+//! the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`); groups whose work hops to other
+//! threads (tokio `spawn_blocking`) use the whole process's (`CLOCK_PROCESS_CPUTIME_ID`).
+//! Work that waits on I/O (fsync) must be measured in wall time: use criterion's default.
 
 use std::time::{Duration, Instant};
 
@@ -22,44 +22,54 @@ mod sys {
     unsafe extern "C" {
         fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
     }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
     const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
 
-    /// CPU time consumed by the calling thread, in nanoseconds.
-    pub fn thread_cpu_ns() -> Option<u64> {
+    /// CPU time consumed by the calling thread (or the whole process), in nanoseconds.
+    pub fn cpu_ns(process: bool) -> Option<u64> {
+        let clock = if process {
+            CLOCK_PROCESS_CPUTIME_ID
+        } else {
+            CLOCK_THREAD_CPUTIME_ID
+        };
         let mut ts = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid, writable timespec (64-bit Linux layout).
-        let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let rc = unsafe { clock_gettime(clock, &mut ts) };
         (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod sys {
-    pub fn thread_cpu_ns() -> Option<u64> {
+    pub fn cpu_ns(_process: bool) -> Option<u64> {
         None
     }
 }
 
-/// Wall-clock or thread-CPU time; values are `Duration`s either way.
+/// Wall-clock or CPU time; values are `Duration`s either way.
 pub struct Clock {
-    cpu: bool,
+    /// `None`: wall time; `Some(process)`: CPU time of the thread or the process.
+    cpu: Option<bool>,
     wall: WallTime,
 }
 
 impl Clock {
-    /// `SV_BENCH_CLOCK=cpu` selects thread CPU time (Linux only); anything else wall time.
-    pub fn from_env() -> Self {
-        let cpu = std::env::var("SV_BENCH_CLOCK").is_ok_and(|v| v == "cpu")
-            && sys::thread_cpu_ns().is_some();
+    /// `SV_BENCH_CLOCK=cpu` selects CPU time (Linux only): the calling thread's, or the
+    /// whole process's when `multi_thread` (the measured work runs on other threads).
+    /// Anything else: wall time.
+    pub fn from_env(multi_thread: bool) -> Self {
+        let cpu = (std::env::var("SV_BENCH_CLOCK").is_ok_and(|v| v == "cpu")
+            && sys::cpu_ns(multi_thread).is_some())
+        .then_some(multi_thread);
         eprintln!(
             "bench clock: {}",
-            if cpu {
-                "thread CPU time (SV_BENCH_CLOCK=cpu)"
-            } else {
-                "wall time"
+            match cpu {
+                Some(true) => "process CPU time (SV_BENCH_CLOCK=cpu, all threads)",
+                Some(false) => "thread CPU time (SV_BENCH_CLOCK=cpu)",
+                None => "wall time",
             }
         );
         Clock {
@@ -79,10 +89,9 @@ impl Measurement for Clock {
     type Value = Duration;
 
     fn start(&self) -> Start {
-        if self.cpu {
-            Start::Cpu(sys::thread_cpu_ns().unwrap_or(0))
-        } else {
-            Start::Wall(Instant::now())
+        match self.cpu {
+            Some(p) => Start::Cpu(sys::cpu_ns(p).unwrap_or(0)),
+            None => Start::Wall(Instant::now()),
         }
     }
 
@@ -90,7 +99,8 @@ impl Measurement for Clock {
         match i {
             Start::Wall(t) => t.elapsed(),
             Start::Cpu(t) => {
-                Duration::from_nanos(sys::thread_cpu_ns().unwrap_or(t).saturating_sub(t))
+                let now = sys::cpu_ns(self.cpu == Some(true)).unwrap_or(t);
+                Duration::from_nanos(now.saturating_sub(t))
             }
         }
     }
