@@ -1,0 +1,302 @@
+//! Tests of the SQLite index: persistence across reopen, version checks, fragment
+//! queries, stream listing.
+
+use super::*;
+
+fn new_stream(name: &str, id: &str) -> NewStream {
+    NewStream {
+        stream_id: id.to_owned(),
+        name: StreamName::parse(name).unwrap(),
+        device_name: None,
+        media_type: Some("video/h264".into()),
+        kms_key_id: "k".into(),
+        version: "v1".into(),
+        creation_ms: 1000,
+        retention_hours: 24,
+        wrapped_key: vec![1; 60],
+        tags: BTreeMap::from([("a".into(), "b".into())]),
+    }
+}
+
+fn frag(id: &str, seq: u64, ts: i64) -> FragmentRecord {
+    FragmentRecord {
+        stream_id: id.into(),
+        seq,
+        session_id: 1,
+        producer_ts_ms: ts,
+        server_ts_ms: ts + 5,
+        duration_ms: 1000,
+        producer_timecode: ts,
+        size: 100,
+        object_key: format!("k/{seq}"),
+        object_size: 140,
+        content_hash: "00".into(),
+        metadata: vec![("n".into(), "v".into())],
+    }
+}
+
+const A: &str = "0000000000000000000000000000000a";
+
+#[tokio::test]
+async fn streams_survive_reopen_and_versions_guard_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("i.sqlite3");
+    {
+        let idx = SqliteIndex::open(&p).unwrap();
+        idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+        let e = idx
+            .create_stream(new_stream("cam1", A), 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, IndexError::StreamExists(_)));
+        let e = idx
+            .update_stream(
+                A,
+                Some("stale"),
+                StreamUpdate::Retention { hours: 48 },
+                "v2",
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, IndexError::VersionMismatch { .. }));
+        idx.update_stream(A, Some("v1"), StreamUpdate::Retention { hours: 48 }, "v2")
+            .await
+            .unwrap();
+        idx.close();
+    }
+    let idx = SqliteIndex::open(&p).unwrap();
+    let s = idx
+        .get_stream(&StreamName::parse("cam1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.retention_hours, s.version.as_str()), (48, "v2"));
+    assert_eq!(s.tags.get("a").map(String::as_str), Some("b"));
+}
+
+#[tokio::test]
+async fn fragment_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    assert_eq!(idx.reserve_fragment_seqs(A, 100).await.unwrap(), 0);
+    assert_eq!(idx.reserve_fragment_seqs(A, 100).await.unwrap(), 100);
+    for (seq, ts) in [(1, 0), (2, 2000), (3, 4000), (4, 6000)] {
+        idx.insert_fragment(frag(A, seq, ts)).await.unwrap();
+    }
+    assert!(matches!(
+        idx.insert_fragment(frag(A, 1, 0)).await,
+        Err(IndexError::DuplicateFragment { .. })
+    ));
+    let r = idx
+        .fragments_in_range(A, TimestampKind::Producer, 1000, 4000, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(r.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![2, 3]);
+    let page = idx
+        .fragments_in_range(A, TimestampKind::Server, 0, 10_000, Some((2005, 2)), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(idx.fragments_after(A, Some(2), 1).await.unwrap()[0].seq, 3);
+    assert_eq!(idx.last_fragment(A).await.unwrap().unwrap().seq, 4);
+    assert_eq!(
+        idx.get_fragment(A, 3).await.unwrap().unwrap().metadata,
+        vec![("n".into(), "v".into())]
+    );
+    idx.delete_stream(A, None, 5).await.unwrap();
+    assert!(idx.get_fragment(A, 3).await.unwrap().is_none());
+    let g = idx.list_garbage(10).await.unwrap();
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].stream_id, A);
+    idx.drop_garbage(g[0].id).await.unwrap();
+    assert!(idx.list_garbage(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn retention_view_hides_expired_fragments_from_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    let clock = crate::clock::ManualClock::new(0);
+    let view = raw.retention_view(Arc::new(clock.clone()));
+    raw.create_stream(new_stream("cam1", A), 10).await.unwrap(); // 24 h
+    raw.reserve_fragment_seqs(A, 64).await.unwrap();
+    const H: i64 = 3_600_000;
+    // Server timestamps (ts + 5) at hours 0..48.
+    for h in 0..48u64 {
+        raw.insert_fragment(frag(A, h, h as i64 * H - 5))
+            .await
+            .unwrap();
+    }
+    clock.set_ms(48 * H);
+    // Cutoff 24 h: seqs 24..47 visible.
+    let all = view.fragments_after(A, None, 1000).await.unwrap();
+    assert_eq!(all.first().map(|f| f.seq), Some(24));
+    assert_eq!(all.len(), 24);
+    assert!(view.get_fragment(A, 23).await.unwrap().is_none());
+    assert!(view.get_fragment(A, 24).await.unwrap().is_some());
+    let r = view
+        .fragments_in_range(A, TimestampKind::Producer, 0, i64::MAX, None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 24);
+    assert!(r.iter().all(|f| f.seq >= 24));
+    let r = view
+        .fragments_in_range(A, TimestampKind::Server, 0, 30 * H, None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        (24..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(view.last_fragment(A).await.unwrap().unwrap().seq, 47);
+    // The raw index sees everything.
+    assert_eq!(raw.fragments_after(A, None, 1000).await.unwrap().len(), 48);
+    // Everything expired: nothing at all.
+    clock.set_ms(100 * H);
+    assert!(view.last_fragment(A).await.unwrap().is_none());
+    assert!(view.fragments_after(A, None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn expire_trim_and_stats_follow_the_delete_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap(); // 24 h
+    idx.reserve_fragment_seqs(A, 64).await.unwrap();
+    const H: i64 = 3_600_000;
+    for h in 0..48u64 {
+        let mut f = frag(A, h, h as i64 * H - 5);
+        f.session_id = h / 10;
+        f.object_key = format!("obj/{h}");
+        idx.insert_fragment(f).await.unwrap();
+    }
+    for sid in 0..5u64 {
+        idx.insert_session(SessionRecord {
+            stream_id: A.into(),
+            session_id: sid,
+            created_ms: sid as i64 * 10 * H,
+            header_sealed: vec![1],
+        })
+        .await
+        .unwrap();
+    }
+    let st = idx.stream_stats().await.unwrap();
+    assert_eq!(st[0].fragments, 48);
+    assert_eq!(st[0].bytes, 48 * 140);
+    assert_eq!((st[0].max_seq, st[0].seq_reserved), (Some(47), 64));
+    // Minimum age protects hours >= 10 even though 0..23 are expired.
+    let g = idx.expire_fragments(48 * H, 10 * H, 1000).await.unwrap();
+    assert_eq!(g.len(), 10);
+    assert_eq!(g[0].object_key.as_deref(), Some("obj/0"));
+    assert_eq!(idx.list_garbage(100).await.unwrap().len(), 10);
+    let g = idx.expire_fragments(48 * H, 48 * H, 5).await.unwrap();
+    assert_eq!(g.len(), 5, "limit");
+    let g = idx.expire_fragments(48 * H, 48 * H, 1000).await.unwrap();
+    assert_eq!(g.len(), 9);
+    let left = idx.fragments_after(A, None, 1000).await.unwrap();
+    assert_eq!(left.first().unwrap().seq, 24);
+    // Sessions 0 and 1 (all their fragments gone, created before the cutoff) went;
+    // session 2 still has fragments 24..29.
+    assert!(idx.get_session(A, 0).await.unwrap().is_none());
+    assert!(idx.get_session(A, 1).await.unwrap().is_none());
+    assert!(idx.get_session(A, 2).await.unwrap().is_some());
+    // Size cap: 10 fragments' worth, oldest first, protected ones kept.
+    let g = idx
+        .trim_stream(A, 10 * 140, 40 * H, 1000, 48 * H)
+        .await
+        .unwrap();
+    assert_eq!(g.len(), 14, "24 left, down to 10 (seqs 24..37)");
+    let g = idx.trim_stream(A, 140, 40 * H, 1000, 48 * H).await.unwrap();
+    assert_eq!(
+        g.len(),
+        2,
+        "38 and 39; 40.. are younger than the minimum age"
+    );
+    assert_eq!(idx.list_garbage(1000).await.unwrap().len(), 40);
+}
+
+#[tokio::test]
+async fn dedupe_lookup_and_atomic_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    let mut f = frag(A, 1, 1000);
+    f.content_hash = "aa".into();
+    assert!(
+        idx.insert_fragment_unless_duplicate(f.clone(), 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let found = idx
+        .find_fragment_by_content(A, 1000, "aa", 0)
+        .await
+        .unwrap();
+    assert_eq!(found.map(|f| f.seq), Some(1));
+    // Outside the window, or other bytes: not a duplicate.
+    assert!(
+        idx.find_fragment_by_content(A, 1000, "aa", 2000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        idx.find_fragment_by_content(A, 1000, "bb", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut again = f.clone();
+    again.seq = 2;
+    let dup = idx
+        .insert_fragment_unless_duplicate(again.clone(), 0)
+        .await
+        .unwrap();
+    assert_eq!(dup.map(|f| f.seq), Some(1));
+    assert!(idx.get_fragment(A, 2).await.unwrap().is_none());
+    again.content_hash = "bb".into();
+    assert!(
+        idx.insert_fragment_unless_duplicate(again, 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(idx.get_fragment(A, 2).await.unwrap().is_some());
+    // A vanished stream is reported as such.
+    let mut orphan = frag("0000000000000000000000000000000b", 1, 0);
+    orphan.content_hash = "cc".into();
+    assert!(matches!(
+        idx.insert_fragment(orphan).await,
+        Err(IndexError::StreamNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn stream_listing_by_prefix_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    for (i, n) in ["cam-a", "cam-b", "door", "cam-c"].iter().enumerate() {
+        idx.create_stream(new_stream(n, &format!("{i:032x}")), 10)
+            .await
+            .unwrap();
+    }
+    let l = idx.list_streams(Some("cam-"), None, 2).await.unwrap();
+    assert_eq!(
+        l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        vec!["cam-a", "cam-b"]
+    );
+    let l = idx
+        .list_streams(Some("cam-"), Some("cam-b"), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        vec!["cam-c"]
+    );
+    assert!(matches!(
+        idx.create_stream(new_stream("x", &format!("{:032x}", 99)), 4)
+            .await,
+        Err(IndexError::StreamLimit(4))
+    ));
+}
