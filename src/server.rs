@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::gc::Sweeper;
 use crate::index::sqlite::SqliteIndex;
 use crate::ingest::Ingest;
+use crate::playback::Playback;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
 
@@ -83,6 +84,12 @@ impl ServerBuilder {
             Some(o) => o,
             None => store::object_store_from_settings(&settings)?,
         };
+        let (signer, generated) =
+            crate::playback::token::TokenSigner::load_or_generate(&settings.data_dir.join("keys"))?;
+        if let Some(p) = generated {
+            tracing::info!(path = %p.display(), "generated the HLS/DASH session token key");
+        }
+        let playback = Arc::new(Playback::new(settings.playback.clone(), signer));
         let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
         let store = FragmentStore::new(objects, Arc::new(keyring));
         let catalog = Catalog::new(&settings, index.clone(), store.clone(), clock.clone());
@@ -91,6 +98,7 @@ impl ServerBuilder {
             index,
             catalog,
             clock,
+            playback,
         })
     }
 }
@@ -102,6 +110,7 @@ pub struct Server {
     index: Arc<SqliteIndex>,
     catalog: Catalog,
     clock: SharedClock,
+    playback: Arc<Playback>,
 }
 
 impl Server {
@@ -131,6 +140,7 @@ impl Server {
             gc_wake: gc_wake.clone(),
             ingest: Arc::new(Ingest::new(self.settings.ingest.clone())),
             shutdown: stop.clone(),
+            playback: self.playback.clone(),
         };
         let sweeper = Sweeper {
             index: self.index.clone(),

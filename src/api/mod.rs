@@ -3,10 +3,12 @@
 //! JSON fallback for unknown paths.
 
 pub mod archived;
+pub mod clip;
 pub mod control;
 pub mod error;
 pub mod json;
 pub mod media;
+pub mod playback;
 pub mod put_media;
 
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// GetClip/HLS/DASH state: session token signer, live-session timelines.
+    pub playback: Arc<crate::playback::Playback>,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -76,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .merge(put_media::router())
         .merge(media::router())
         .merge(archived::router())
+        .merge(clip::router())
+        .merge(playback::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn(observe))
