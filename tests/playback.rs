@@ -420,18 +420,19 @@ fn media_of(session_url: &str) -> String {
     session_url.replace("getHLSMasterPlaylist.m3u8", "getHLSMediaPlaylist.m3u8")
 }
 
-/// ffmpeg decodes `url` with no error and ffprobe counts the wanted frames. Runs in a
-/// blocking thread so live sessions keep being served.
+/// ffmpeg decodes `url` with no error and ffprobe (at the same time, so both follow a
+/// live playlist) counts the wanted frames. Blocking threads keep the server's runtime
+/// free to serve them.
 async fn plays(url: String, video: u64, audio: u64) {
-    tokio::task::spawn_blocking(move || {
-        assert_eq!(ffmpeg_errors(&url), "", "decode errors from {url}");
-        let (streams, _) = probe(&url);
-        assert_eq!(frames(&streams, "video"), video, "{url}: {streams:?}");
-        assert_eq!(frames(&streams, "audio"), audio, "{url}: {streams:?}");
-        eprintln!("played {url}: {streams:?}, 0 decode errors");
-    })
-    .await
-    .unwrap();
+    let u = url.clone();
+    let decode = tokio::task::spawn_blocking(move || ffmpeg_errors(&u));
+    let u = url.clone();
+    let count = tokio::task::spawn_blocking(move || probe(&u).0);
+    let (errors, streams) = (decode.await.unwrap(), count.await.unwrap());
+    assert_eq!(errors, "", "decode errors from {url}");
+    assert_eq!(frames(&streams, "video"), video, "{url}: {streams:?}");
+    assert_eq!(frames(&streams, "audio"), audio, "{url}: {streams:?}");
+    eprintln!("played {url}: {streams:?}, 0 decode errors");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,26 +569,9 @@ async fn hls_live_replay_plays_in_both_containers() {
         return;
     }
     let (v, a) = (v as u64, a as u64);
-    // ffmpeg follows the growing playlist until ENDLIST (about 10 s of wall time).
+    // ffmpeg and ffprobe follow the growing playlists until ENDLIST (about 10 s).
     let started = std::time::Instant::now();
-    tokio::join!(
-        async {
-            tokio::task::spawn_blocking({
-                let u = fmp4_url.clone();
-                move || assert_eq!(ffmpeg_errors(&u), "", "decode errors from {u}")
-            })
-            .await
-            .unwrap()
-        },
-        async {
-            tokio::task::spawn_blocking({
-                let u = ts_url.clone();
-                move || assert_eq!(ffmpeg_errors(&u), "", "decode errors from {u}")
-            })
-            .await
-            .unwrap()
-        },
-    );
+    tokio::join!(plays(fmp4_url.clone(), v, a), plays(ts_url, v, a));
     assert!(
         started.elapsed() >= Duration::from_secs(7),
         "replay is paced"
@@ -595,8 +579,6 @@ async fn hls_live_replay_plays_in_both_containers() {
     let media = text(&media_of(&fmp4_url)).await;
     assert!(media.contains("#EXT-X-ENDLIST"), "{media}");
     assert_eq!(media.matches("#EXTINF:").count(), 10, "{media}");
-    // Once complete, the sessions decode every frame.
-    tokio::join!(plays(fmp4_url, v, a), plays(ts_url, v, a));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -866,6 +848,19 @@ async fn live_session_survives_a_gap_and_codec_change_gets_a_new_init() {
         let b = get(&init(maps[1])).await;
         assert_eq!((a.0, b.0), (200, 200));
         assert_ne!(a.2, b.2);
+        // Players cross the change: an ON_DEMAND session over both uploads decodes
+        // every frame (300 at 1280x720, then 90 at 640x360) in both containers.
+        if have_tool("ffprobe") {
+            let body = |container: &str| {
+                json!({"StreamName": "cam", "PlaybackMode": "ON_DEMAND", "ContainerFormat": container,
+                    "HLSFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                        "TimestampRange": {"StartTimestamp": T0, "EndTimestamp": T0 + 60}}})
+            };
+            let fmp4 =
+                session_url(&srv, "/getHLSStreamingSessionURL", body("FRAGMENTED_MP4")).await;
+            let ts = session_url(&srv, "/getHLSStreamingSessionURL", body("MPEG_TS")).await;
+            tokio::join!(plays(fmp4, 390, 0), plays(ts, 390, 0));
+        }
     }
 }
 

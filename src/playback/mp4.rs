@@ -1,7 +1,7 @@
 //! MP4 output with shiguredo_mp4: fMP4 init segments (`ftyp`+`moov` from
 //! `Fmp4SegmentMuxer`), fMP4 media segments (one `moof`+`mdat` per stored fragment, the
 //! `moof` assembled from shiguredo's box types so `tfdt` carries the sample's producer
-//! time and every segment stands alone), and the faststart MP4 of GetClip
+//! time and every segment stands alone; keyframes carry the parameter sets in-band), and the faststart MP4 of GetClip
 //! ([`ClipLayout`]: all sample metadata goes through `Mp4FileMuxer` first, so the
 //! `moov` is known before the first `mdat` byte is sent and the sample data can be
 //! streamed afterwards).
@@ -12,7 +12,7 @@ use shiguredo_mp4::boxes::{MfhdBox, MoofBox, TfdtBox, TfhdBox, TrafBox, TrunBox,
 use shiguredo_mp4::mux::{self, Fmp4SegmentMuxer, Mp4FileMuxer, Mp4FileMuxerOptions};
 use shiguredo_mp4::{Encode, SampleFlags, TrackKind};
 
-use super::{MediaConfig, Packaged, Sample, VIDEO_TIMESCALE};
+use super::{MediaConfig, Packaged, Sample, VIDEO_TIMESCALE, VideoCodec, VideoConfig};
 use crate::error::{Error, Result};
 
 /// Which tracks an fMP4 resource carries.
@@ -101,10 +101,14 @@ fn sample_flags(keyframe: bool) -> SampleFlags {
 pub fn media_segment(p: &Packaged, which: Tracks, sequence_number: u32) -> Result<Option<Vec<u8>>> {
     let mut runs: Vec<(u32, &[Sample])> = Vec::new();
     let mut id = 0;
+    let video = match &p.config.video {
+        Some(v) if which.video() => with_parameter_sets(v, &p.video),
+        _ => Vec::new(),
+    };
     if which.video() && p.config.video.is_some() {
         id += 1;
-        if !p.video.is_empty() {
-            runs.push((id, &p.video));
+        if !video.is_empty() {
+            runs.push((id, &video));
         }
     }
     if which.audio() && p.config.audio.is_some() {
@@ -183,6 +187,58 @@ pub fn media_segment(p: &Packaged, which: Tracks, sequence_number: u32) -> Resul
         }
     }
     Ok(Some(out))
+}
+
+/// The video samples with the codec's parameter sets (VPS/SPS/PPS, NAL length
+/// prefixed) in front of every keyframe that does not carry them already. A segment then
+/// decodes with whatever init segment the player holds, so a codec private data change
+/// inside a session works even in players (ffmpeg 5.1) that keep the first `EXT-X-MAP`.
+fn with_parameter_sets(v: &VideoConfig, samples: &[Sample]) -> Vec<Sample> {
+    let sps_type = |nal: &[u8]| match v.codec {
+        VideoCodec::H264 => nal.first().is_some_and(|b| b & 0x1F == 7),
+        VideoCodec::H265 => nal.first().is_some_and(|b| (b >> 1) & 0x3F == 33),
+    };
+    let has_sps = |d: &[u8]| {
+        let mut at = 0;
+        while at + v.nal_length_size <= d.len() {
+            let len = d[at..at + v.nal_length_size]
+                .iter()
+                .fold(0usize, |a, b| (a << 8) | usize::from(*b));
+            at += v.nal_length_size;
+            if at + len > d.len() {
+                return false;
+            }
+            if sps_type(&d[at..at + len]) {
+                return true;
+            }
+            at += len;
+        }
+        false
+    };
+    samples
+        .iter()
+        .map(|s| {
+            if !s.keyframe || has_sps(&s.data) {
+                return s.clone();
+            }
+            let extra: usize = v
+                .parameter_sets
+                .iter()
+                .map(|ps| ps.len() + v.nal_length_size)
+                .sum();
+            let mut d = Vec::with_capacity(extra + s.data.len());
+            for ps in &v.parameter_sets {
+                let len = ps.len().to_be_bytes();
+                d.extend_from_slice(&len[len.len() - v.nal_length_size..]);
+                d.extend_from_slice(ps);
+            }
+            d.extend_from_slice(&s.data);
+            Sample {
+                data: d.into(),
+                ..s.clone()
+            }
+        })
+        .collect()
 }
 
 /// Per-sample metadata of a clip, kept between GetClip's two passes.
