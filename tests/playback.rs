@@ -622,7 +622,9 @@ async fn dash_on_demand_and_h265_hls_play() {
         hls_body("hevc", "ON_DEMAND", "MPEG_TS", Some(T0 + 9)),
     )
     .await;
-    assert!(text(&hevc_url).await.contains("CODECS=\"hvc1."));
+    let hevc_master = text(&hevc_url).await;
+    assert!(hevc_master.contains("CODECS=\"hvc1."), "{hevc_master}");
+    eprintln!("{hevc_master}");
     if !have_tool("ffmpeg") || !have_tool("ffprobe") {
         return;
     }
@@ -1059,4 +1061,112 @@ async fn browser_live_session_survives_a_40s_pause() {
     drop(node.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
     cam.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_streams_and_dash_live_manifests() {
+    if !have_tool("ffmpeg") || !have_tool("ffprobe") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("aac.mkv");
+    let ok = Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "4",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "matroska",
+            "-live",
+            "1",
+            "-cluster_time_limit",
+            "1000",
+        ])
+        .arg(&p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mkv = std::fs::read(&p).unwrap();
+    let want_audio = frames_of(&mkv).len() as u64;
+    let srv = TestServer::start().await;
+    create(&srv, "mic", 24).await;
+    upload_at(&srv, "mic", &mkv, T0).await;
+    let (ct, mp4) = get_clip_sdk(&srv, "mic", T0 - 1, T0 + 10).await;
+    assert_eq!(ct.as_deref(), Some("video/mp4"));
+    let clip = dir.path().join("clip.mp4");
+    std::fs::write(&clip, &mp4).unwrap();
+    assert_eq!(ffmpeg_errors(clip.to_str().unwrap()), "");
+    assert_eq!(
+        frames(&probe(clip.to_str().unwrap()).0, "audio"),
+        want_audio
+    );
+    let body = |c: &str| {
+        json!({"StreamName": "mic", "PlaybackMode": "ON_DEMAND", "ContainerFormat": c,
+            "HLSFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                "TimestampRange": {"StartTimestamp": T0 - 1, "EndTimestamp": T0 + 10}}})
+    };
+    let fmp4 = session_url(&srv, "/getHLSStreamingSessionURL", body("FRAGMENTED_MP4")).await;
+    let ts = session_url(&srv, "/getHLSStreamingSessionURL", body("MPEG_TS")).await;
+    let master = text(&fmp4).await;
+    assert!(
+        master.contains("CODECS=\"mp4a.40.2\"") && !master.contains("RESOLUTION"),
+        "{master}"
+    );
+    tokio::join!(plays(fmp4, 0, want_audio), plays(ts, 0, want_audio));
+
+    // A LIVE DASH manifest of a video stream is dynamic, lists the newest fragments,
+    // and its $Time$ segment URLs resolve.
+    create(&srv, "cam", 24).await;
+    upload_at(&srv, "cam", &sample("h264_aac_720p_gop1s.mkv"), T0).await;
+    let url = session_url(
+        &srv,
+        "/getDASHStreamingSessionURL",
+        json!({"StreamName": "cam", "PlaybackMode": "LIVE", "DisplayFragmentNumber": "ALWAYS"}),
+    )
+    .await;
+    let mpd = text(&url).await;
+    assert!(mpd.contains(r#"type="dynamic""#), "{mpd}");
+    assert!(
+        mpd.contains(r#"availabilityStartTime="1970-01-01T00:00:00.000Z""#),
+        "{mpd}"
+    );
+    assert_eq!(
+        mpd.matches("<S t=").count(),
+        10,
+        "5 per adaptation set: {mpd}"
+    );
+    let t: i64 = mpd
+        .split("<S t=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let base = &url[..url.find("getDASHManifest.mpd").unwrap()];
+    let token = url.split("SessionToken=").nth(1).unwrap();
+    for track in [1, 2] {
+        let seg = format!(
+            "{base}getMP4MediaFragment.mp4?SessionToken={token}&TrackNumber={track}&Time={t}"
+        );
+        let (s, h, b) = get(&seg).await;
+        assert_eq!((s, h["content-type"].to_str().unwrap()), (200, "video/mp4"));
+        assert_eq!(boxes(&b), vec!["moof", "mdat"]);
+        let init = format!(
+            "{base}getMP4InitFragment.mp4?SessionToken={token}&TrackNumber={track}&SequenceNumber=999999"
+        );
+        assert_eq!(get(&init).await.0, 404, "no such upload session");
+    }
 }
