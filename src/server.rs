@@ -89,10 +89,14 @@ impl ServerBuilder {
         if let Some(p) = generated {
             tracing::info!(path = %p.display(), "generated the HLS/DASH session token key");
         }
-        let playback = Arc::new(Playback::new(settings.playback.clone(), signer));
         let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
         let store = FragmentStore::new(objects, Arc::new(keyring));
         let catalog = Catalog::new(&settings, index.clone(), store.clone(), clock.clone());
+        let playback = Arc::new(Playback::new(
+            settings.playback.clone(),
+            signer,
+            catalog.clone(),
+        ));
         Ok(Server {
             settings: Arc::new(settings),
             index,

@@ -36,7 +36,7 @@ use crate::clock::EpochMillis;
 use crate::config::PlaybackSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
-use crate::media::demux::{FragmentLoader, LoadedFragment, SessionInfo};
+use crate::media::demux::{FragmentLoader, LoadedFragment, SessionInfo, demux_cluster};
 use crate::streams::Catalog;
 
 /// Timescale of video tracks (ticks per second).
@@ -552,32 +552,33 @@ pub fn ts_of(r: &FragmentRecord, kind: TimestampKind) -> EpochMillis {
     }
 }
 
+/// An upload session's header and codec configuration.
+type SessionEntry = (Arc<SessionInfo>, Arc<MediaConfig>);
+
 /// Per-server playback state.
 #[derive(Debug)]
 pub struct Playback {
     pub settings: PlaybackSettings,
     pub signer: token::TokenSigner,
     pub sessions: timeline::Sessions,
-    configs: Mutex<HashMap<(String, u64), Arc<MediaConfig>>>,
+    catalog: Catalog,
+    /// Upload sessions by (stream id, session id); bounded, cleared when full.
+    configs: Mutex<HashMap<(String, u64), SessionEntry>>,
 }
 
 impl Playback {
-    pub fn new(settings: PlaybackSettings, signer: token::TokenSigner) -> Self {
+    pub fn new(settings: PlaybackSettings, signer: token::TokenSigner, catalog: Catalog) -> Self {
         let sessions = timeline::Sessions::new(settings.max_sessions);
         Self {
             settings,
             signer,
             sessions,
+            catalog,
             configs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The codec configuration of an upload session (cached).
-    pub async fn config(
-        &self,
-        loader: &mut FragmentLoader,
-        session_id: u64,
-    ) -> Result<Arc<MediaConfig>> {
+    async fn session(&self, loader: &mut FragmentLoader, session_id: u64) -> Result<SessionEntry> {
         let key = (loader.stream().stream_id.clone(), session_id);
         if let Some(c) = self.configs.lock().expect("config cache").get(&key) {
             return Ok(c.clone());
@@ -588,25 +589,43 @@ impl Playback {
         if m.len() >= 4096 {
             m.clear();
         }
-        m.insert(key, c.clone());
-        Ok(c)
+        m.insert(key, (info.clone(), c.clone()));
+        Ok((info, c))
     }
 
-    /// Loads, demuxes and packages one fragment. A fragment that does not demux is an
-    /// `InvalidMediaFrame` error.
+    /// The codec configuration of an upload session (cached).
+    pub async fn config(
+        &self,
+        loader: &mut FragmentLoader,
+        session_id: u64,
+    ) -> Result<Arc<MediaConfig>> {
+        Ok(self.session(loader, session_id).await?.1)
+    }
+
+    /// Reads, demuxes (`demux_cluster`) and packages one fragment; the session header
+    /// comes from the cache, so a segment request costs one object read. A fragment that
+    /// does not demux is an `InvalidMediaFrame` error.
     pub async fn load(
         &self,
         loader: &mut FragmentLoader,
         row: &FragmentRecord,
     ) -> Result<Packaged> {
-        let config = self.config(loader, row.session_id).await?;
-        let f = loader.load(row).await.map_err(|e| {
-            if e.message.starts_with("fragment does not demux") {
-                Error::new(ErrorKind::InvalidMediaFrame, e.message)
-            } else {
-                e
-            }
-        })?;
+        let (session, config) = self.session(loader, row.session_id).await?;
+        let key = self.catalog.data_key(loader.stream())?;
+        let cluster = self.catalog.store().get_fragment(&key, row.seq).await?;
+        let (cluster_ns, frames) =
+            demux_cluster(&cluster, session.timecode_scale_ns).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidMediaFrame,
+                    format!("fragment does not demux: seq={} error={e}", row.seq),
+                )
+            })?;
+        let f = LoadedFragment {
+            row: row.clone(),
+            session,
+            cluster_ns,
+            frames,
+        };
         package(&f, config)
     }
 }
