@@ -63,6 +63,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Background deletion (DeleteStream sweeps, orphan clean-up).
     pub gc: GcSettings,
+    /// GetClip, HLS and DASH limits.
+    pub playback: PlaybackSettings,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             media: MediaSettings::default(),
             retention: RetentionSettings::default(),
             gc: GcSettings::default(),
+            playback: PlaybackSettings::default(),
         }
     }
 }
@@ -369,6 +372,44 @@ impl Default for GcSettings {
     }
 }
 
+/// Packager limits (GetClip, HLS, DASH).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackSettings {
+    /// Most fragments in one GetClip; a longer range is cut after this many (as AWS
+    /// cuts at 200). Default 7200.
+    pub clip_max_fragments: usize,
+    /// Most media bytes in one GetClip; the clip ends before the fragment that would
+    /// pass it (AWS: 100 MB). Default 4 GiB.
+    pub clip_max_bytes: u64,
+    /// GetClip reads every fragment once to lay out the MP4 header and once more to
+    /// send the samples; up to this many bytes of fragments are kept in memory between
+    /// the two passes instead of being read again. Default 64 MiB.
+    pub clip_buffer_bytes: u64,
+    /// LIVE and LIVE_REPLAY sessions stay valid while used: each request extends the
+    /// session by its `Expires`. Default true.
+    pub renew_live_sessions: bool,
+    /// Most live sessions whose state (timeline, renewal) is kept in memory; the least
+    /// recently used beyond it are dropped (and rebuilt on their next request).
+    /// Default 10000.
+    pub max_sessions: usize,
+    /// `Access-Control-Allow-Origin` on `/hls/v1/*` and `/dash/v1/*`. Default `*`.
+    pub cors_allow_origin: String,
+}
+
+impl Default for PlaybackSettings {
+    fn default() -> Self {
+        Self {
+            clip_max_fragments: 7200,
+            clip_max_bytes: 4 << 30,
+            clip_buffer_bytes: 64 << 20,
+            renew_live_sessions: true,
+            max_sessions: 10_000,
+            cors_allow_origin: "*".into(),
+        }
+    }
+}
+
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -475,6 +516,16 @@ impl Settings {
         if self.ingest.max_tracks == 0 || self.ingest.max_connections_per_stream == 0 {
             return Err(ConfigError::Invalid(
                 "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),
+            ));
+        }
+        if self.playback.clip_max_fragments == 0 || self.playback.max_sessions == 0 {
+            return Err(ConfigError::Invalid(
+                "playback.clip_max_fragments and playback.max_sessions must be at least 1".into(),
+            ));
+        }
+        if axum::http::HeaderValue::from_str(&self.playback.cors_allow_origin).is_err() {
+            return Err(ConfigError::Invalid(
+                "playback.cors_allow_origin must be a valid header value".into(),
             ));
         }
         Ok(())

@@ -3,9 +3,10 @@
 //! Layout: [`config`] (settings), [`clock`] (injected time), [`model`] (validated domain
 //! values), [`error`] (service error kinds), [`store`] (encrypted fragment objects, the
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
-//! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`api`] (one router per
-//! API family), [`server`] (assembly and `run`), [`check`] (invariant checker) and
-//! [`cli`] (the `streamvault` command); [`retention`] expires fragments.
+//! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`playback`] (GetClip,
+//! HLS and DASH packagers), [`api`] (one router per API family), [`server`] (assembly and
+//! `run`), [`check`] (invariant checker) and [`cli`] (the `streamvault` command);
+//! [`retention`] expires fragments.
 
 pub mod api;
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod media;
 pub mod metrics;
 pub mod mkv;
 pub mod model;
+pub mod playback;
 pub mod retention;
 pub mod server;
 pub mod store;

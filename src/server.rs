@@ -20,6 +20,7 @@ use crate::gc::{Sweeper, Trigger};
 use crate::index::sqlite::SqliteIndex;
 use crate::ingest::Ingest;
 use crate::retention::Retention;
+use crate::playback::Playback;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
 
@@ -110,6 +111,16 @@ impl ServerBuilder {
         // before the retention task deletes them.
         let view = Arc::new(index.retention_view(clock.clone()));
         let catalog = Catalog::new(&settings, view, store.clone(), clock.clone());
+        let (signer, generated) =
+            crate::playback::token::TokenSigner::load_or_generate(&settings.data_dir.join("keys"))?;
+        if let Some(p) = generated {
+            tracing::info!(path = %p.display(), "generated the HLS/DASH session token key");
+        }
+        let playback = Arc::new(Playback::new(
+            settings.playback.clone(),
+            signer,
+            catalog.clone(),
+        ));
         Ok(Server {
             settings: Arc::new(settings),
             index,
@@ -118,6 +129,7 @@ impl ServerBuilder {
             auth,
             local_root,
             gc: Trigger::default(),
+            playback,
         })
     }
 }
@@ -134,6 +146,7 @@ pub struct Server {
     /// The local backend's directory, when the store was built from the settings.
     local_root: Option<PathBuf>,
     gc: Trigger,
+    playback: Arc<Playback>,
 }
 
 impl Server {
@@ -176,6 +189,7 @@ impl Server {
             ingest: Arc::new(Ingest::new(self.settings.ingest.clone())),
             shutdown: stop.clone(),
             auth: self.auth.clone(),
+            playback: self.playback.clone(),
         };
         let sweeper = Sweeper {
             index: self.index.clone(),

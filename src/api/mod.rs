@@ -4,10 +4,12 @@
 
 pub mod archived;
 pub mod auth;
+pub mod clip;
 pub mod control;
 pub mod error;
 pub mod json;
 pub mod media;
+pub mod playback;
 pub mod put_media;
 
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Request authentication.
     pub auth: Arc<crate::auth::Auth>,
+    /// GetClip/HLS/DASH state: session token signer, live-session timelines.
+    pub playback: Arc<crate::playback::Playback>,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -79,6 +83,8 @@ pub fn router(state: AppState) -> Router {
         .merge(put_media::router())
         .merge(media::router())
         .merge(archived::router())
+        .merge(clip::router())
+        .merge(playback::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(

@@ -106,6 +106,37 @@ impl TestServer {
         }
     }
 
+    /// Starts a server with default settings on a fresh data dir and an injected clock.
+    pub async fn start_with_clock(clock: streamvault::clock::SharedClock) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.data_dir = tmp.path().to_owned();
+        settings.listen = "127.0.0.1:0".parse().unwrap();
+        // Auth stays on: the tests that use this move the clock by minutes, well inside
+        // the SigV4 skew window.
+        settings.access_key_id = Some(TEST_KEY.0.to_owned());
+        settings.secret_access_key = Some(streamvault::config::Secret(TEST_KEY.1.to_owned()));
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = streamvault::server::Server::builder(settings)
+            .with_clock(clock)
+            .build()
+            .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            data_dir: tmp.path().to_owned(),
+            _tmp: Some(tmp),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -1,0 +1,671 @@
+//! Playback packagers: GetClip (faststart MP4), HLS (fMP4 or MPEG-TS segments) and DASH
+//! (fMP4 segments) built on the fly from stored fragments. This module holds what they
+//! share: the codec configuration of an upload session ([`MediaConfig`], validated into
+//! the modeled codec errors), one fragment turned into timed samples ([`Packaged`]),
+//! fragment selection with producer-timestamp de-duplication ([`select_fragments`]), and
+//! the per-server state ([`Playback`]: the token signer, live-session state and a cache
+//! of codec configurations). Muxing is in [`mp4`] and [`ts`], playlists in [`hls`] and
+//! [`dash`], session tokens in [`token`], live timelines in [`timeline`].
+//!
+//! Times: every sample is placed on the producer clock. Video uses a 90 kHz timescale,
+//! audio its sample rate; a sample's time is the fragment's producer timestamp plus the
+//! frame's offset from the cluster timecode, so segments of one stream line up without
+//! any per-session state.
+
+pub mod dash;
+pub mod hls;
+pub mod mp4;
+pub mod timeline;
+pub mod token;
+pub mod ts;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use shiguredo_mp4::boxes::{
+    AudioSampleEntryFields, Avc1Box, AvccBox, EsdsBox, Hvc1Box, HvccBox, Mp4aBox, SampleEntry,
+    VisualSampleEntryFields,
+};
+use shiguredo_mp4::descriptors::{
+    DecoderConfigDescriptor, DecoderSpecificInfo, EsDescriptor, SlConfigDescriptor,
+};
+use shiguredo_mp4::{Decode, FixedPointNumber, Uint};
+
+use crate::clock::EpochMillis;
+use crate::config::PlaybackSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
+use crate::media::demux::{FragmentLoader, LoadedFragment, SessionInfo, demux_cluster};
+use crate::streams::Catalog;
+
+/// Timescale of video tracks (ticks per second).
+pub const VIDEO_TIMESCALE: u32 = 90_000;
+
+/// The video codecs the packagers accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    H265,
+}
+
+/// A packageable video track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoConfig {
+    /// MKV track number.
+    pub track: u64,
+    pub codec: VideoCodec,
+    pub width: u16,
+    pub height: u16,
+    /// Bytes per NAL length prefix in frames (1, 2 or 4).
+    pub nal_length_size: usize,
+    /// VPS (H.265), SPS and PPS NAL units, in that order (for MPEG-TS).
+    pub parameter_sets: Vec<Bytes>,
+    pub entry: SampleEntry,
+}
+
+/// A packageable AAC track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioConfig {
+    /// MKV track number.
+    pub track: u64,
+    pub sample_rate: u32,
+    pub channels: u16,
+    /// From the AudioSpecificConfig, for ADTS headers.
+    pub object_type: u8,
+    pub frequency_index: u8,
+    pub channel_config: u8,
+    /// PCM samples per AAC frame (1024, or 960).
+    pub frame_samples: u32,
+    pub entry: SampleEntry,
+}
+
+/// What an upload session's tracks are, as the packagers need them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    pub video: Option<VideoConfig>,
+    pub audio: Option<AudioConfig>,
+}
+
+impl MediaConfig {
+    /// Validates a session's tracks: the first video track must be H.264 or H.265 with
+    /// an avcC/hvcC CodecPrivate, the first audio track (optional, or alone) AAC with an
+    /// AudioSpecificConfig. Anything else is one of the modeled codec errors.
+    pub fn from_session(info: &SessionInfo) -> Result<Self> {
+        let video = match info.track_of_type(1) {
+            Some(t) => Some(video_config(t)?),
+            None => None,
+        };
+        let audio = match info.track_of_type(2) {
+            Some(t) => Some(audio_config(t)?),
+            None => None,
+        };
+        if video.is_none() && audio.is_none() {
+            return Err(Error::new(
+                ErrorKind::UnsupportedStreamMediaType,
+                "the stream has neither a video nor an audio track",
+            ));
+        }
+        Ok(Self { video, audio })
+    }
+
+    /// RFC 6381 `CODECS` value (`avc1.64001f,mp4a.40.2`).
+    pub fn codecs(&self) -> String {
+        let mut v = Vec::new();
+        for e in [
+            self.video.as_ref().map(|t| &t.entry),
+            self.audio.as_ref().map(|t| &t.entry),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Ok(s) = shiguredo_mp4::codec_string::from_sample_entry(e) {
+                v.push(s);
+            }
+        }
+        v.join(",")
+    }
+}
+
+fn codec_private<'a>(t: &'a crate::mkv::TrackEntry) -> Result<&'a Bytes> {
+    t.codec_private
+        .as_ref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::MissingCodecPrivateData,
+                format!(
+                    "track has no codec private data: track={} codec={}",
+                    t.number, t.codec_id
+                ),
+            )
+        })
+}
+
+fn invalid_private(t: &crate::mkv::TrackEntry, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::InvalidCodecPrivateData,
+        format!(
+            "codec private data does not parse: track={} codec={} error={why}",
+            t.number, t.codec_id
+        ),
+    )
+}
+
+/// `box_type` header + payload, so a CodecPrivate record decodes as its MP4 box.
+fn as_box(box_type: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(payload.len() + 8);
+    b.extend_from_slice(&((payload.len() + 8) as u32).to_be_bytes());
+    b.extend_from_slice(box_type);
+    b.extend_from_slice(payload);
+    b
+}
+
+fn visual(width: u16, height: u16) -> VisualSampleEntryFields {
+    VisualSampleEntryFields {
+        data_reference_index: VisualSampleEntryFields::DEFAULT_DATA_REFERENCE_INDEX,
+        width,
+        height,
+        horizresolution: VisualSampleEntryFields::DEFAULT_HORIZRESOLUTION,
+        vertresolution: VisualSampleEntryFields::DEFAULT_VERTRESOLUTION,
+        frame_count: VisualSampleEntryFields::DEFAULT_FRAME_COUNT,
+        compressorname: VisualSampleEntryFields::NULL_COMPRESSORNAME,
+        depth: VisualSampleEntryFields::DEFAULT_DEPTH,
+    }
+}
+
+fn video_config(t: &crate::mkv::TrackEntry) -> Result<VideoConfig> {
+    let codec = match t.codec_id.as_str() {
+        "V_MPEG4/ISO/AVC" | "V_MPEG/ISO/AVC" => VideoCodec::H264,
+        "V_MPEGH/ISO/HEVC" | "V_MPEG/ISO/HEVC" => VideoCodec::H265,
+        other => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedStreamMediaType,
+                format!(
+                    "video codec cannot be packaged (H.264 and H.265 can): track={} codec={other}",
+                    t.number
+                ),
+            ));
+        }
+    };
+    let cp = codec_private(t)?;
+    let (mkv_w, mkv_h) = t
+        .video
+        .as_ref()
+        .map(|v| (v.pixel_width, v.pixel_height))
+        .unwrap_or((0, 0));
+    match codec {
+        VideoCodec::H264 => {
+            let (avcc, _) =
+                AvccBox::decode(&as_box(b"avcC", cp)).map_err(|e| invalid_private(t, e))?;
+            let sps = avcc
+                .sps_list
+                .first()
+                .ok_or_else(|| invalid_private(t, "avcC holds no SPS"))?;
+            if avcc.pps_list.is_empty() {
+                return Err(invalid_private(t, "avcC holds no PPS"));
+            }
+            let (w, h) = match shiguredo_mp4::bitstream::h264::parse_sps(sps) {
+                Ok(s) => (s.width, s.height),
+                Err(_) => (clamp16(mkv_w), clamp16(mkv_h)),
+            };
+            let nal_length_size = usize::from(avcc.length_size_minus_one.get()) + 1;
+            let mut parameter_sets: Vec<Bytes> = Vec::new();
+            parameter_sets.extend(avcc.sps_list.iter().map(|s| Bytes::copy_from_slice(s)));
+            parameter_sets.extend(avcc.pps_list.iter().map(|s| Bytes::copy_from_slice(s)));
+            Ok(VideoConfig {
+                track: t.number,
+                codec,
+                width: w,
+                height: h,
+                nal_length_size,
+                parameter_sets,
+                entry: SampleEntry::Avc1(Avc1Box {
+                    visual: visual(w, h),
+                    avcc_box: avcc,
+                    unknown_boxes: Vec::new(),
+                }),
+            })
+        }
+        VideoCodec::H265 => {
+            let (hvcc, _) =
+                HvccBox::decode(&as_box(b"hvcC", cp)).map_err(|e| invalid_private(t, e))?;
+            let mut parameter_sets: Vec<Bytes> = Vec::new();
+            let mut sps = None;
+            // VPS (32), SPS (33), PPS (34), in that order.
+            for want in [32u8, 33, 34] {
+                for a in &hvcc.nalu_arrays {
+                    if a.nal_unit_type.get() == want {
+                        for n in &a.nalus {
+                            if want == 33 && sps.is_none() {
+                                sps = Some(n.clone());
+                            }
+                            parameter_sets.push(Bytes::copy_from_slice(n));
+                        }
+                    }
+                }
+            }
+            let sps = sps.ok_or_else(|| invalid_private(t, "hvcC holds no SPS"))?;
+            let (w, h) = match shiguredo_mp4::bitstream::h265::parse_sps(&sps) {
+                Ok(s) => (s.width, s.height),
+                Err(_) => (clamp16(mkv_w), clamp16(mkv_h)),
+            };
+            let nal_length_size = usize::from(hvcc.length_size_minus_one.get()) + 1;
+            Ok(VideoConfig {
+                track: t.number,
+                codec,
+                width: w,
+                height: h,
+                nal_length_size,
+                parameter_sets,
+                entry: SampleEntry::Hvc1(Hvc1Box {
+                    visual: visual(w, h),
+                    hvcc_box: hvcc,
+                    unknown_boxes: Vec::new(),
+                }),
+            })
+        }
+    }
+}
+
+fn clamp16(v: u64) -> u16 {
+    v.min(u64::from(u16::MAX)) as u16
+}
+
+/// AAC sampling frequencies by index (ISO/IEC 14496-3).
+const AAC_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+fn audio_config(t: &crate::mkv::TrackEntry) -> Result<AudioConfig> {
+    if !t.codec_id.starts_with("A_AAC") {
+        return Err(Error::new(
+            ErrorKind::UnsupportedStreamMediaType,
+            format!(
+                "audio codec cannot be packaged (AAC can): track={} codec={}",
+                t.number, t.codec_id
+            ),
+        ));
+    }
+    let asc = codec_private(t)?;
+    if asc.len() < 2 {
+        return Err(invalid_private(
+            t,
+            "AudioSpecificConfig shorter than 2 bytes",
+        ));
+    }
+    let object_type = asc[0] >> 3;
+    let frequency_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7);
+    let channel_config = (asc[1] >> 3) & 0x0F;
+    let frame_length_flag = (asc[1] >> 2) & 1;
+    if object_type == 0 || object_type == 31 {
+        return Err(invalid_private(
+            t,
+            format!("unsupported audio object type {object_type}"),
+        ));
+    }
+    let sample_rate = match AAC_RATES.get(usize::from(frequency_index)) {
+        Some(r) => *r,
+        None if frequency_index == 15 && asc.len() >= 5 => {
+            let v = u32::from_be_bytes([0, asc[1], asc[2], asc[3]]);
+            (v >> 7) & 0x00FF_FFFF
+        }
+        None => return Err(invalid_private(t, "bad sampling frequency index")),
+    };
+    if sample_rate == 0 {
+        return Err(invalid_private(t, "sampling frequency 0"));
+    }
+    let channels = match channel_config {
+        0 => t.audio.as_ref().map(|a| a.channels).unwrap_or(2) as u16,
+        7 => 8,
+        c => u16::from(c),
+    };
+    let entry = SampleEntry::Mp4a(Mp4aBox {
+        audio: AudioSampleEntryFields {
+            data_reference_index: AudioSampleEntryFields::DEFAULT_DATA_REFERENCE_INDEX,
+            channelcount: channels,
+            samplesize: AudioSampleEntryFields::DEFAULT_SAMPLESIZE,
+            samplerate: FixedPointNumber::new(u16::try_from(sample_rate).unwrap_or(0), 0),
+        },
+        esds_box: EsdsBox {
+            es: EsDescriptor {
+                es_id: EsDescriptor::MIN_ES_ID,
+                stream_priority: EsDescriptor::LOWEST_STREAM_PRIORITY,
+                depends_on_es_id: None,
+                url_string: None,
+                ocr_es_id: None,
+                dec_config_descr: DecoderConfigDescriptor {
+                    object_type_indication:
+                        DecoderConfigDescriptor::OBJECT_TYPE_INDICATION_AUDIO_ISO_IEC_14496_3,
+                    stream_type: DecoderConfigDescriptor::STREAM_TYPE_AUDIO,
+                    up_stream: DecoderConfigDescriptor::UP_STREAM_FALSE,
+                    buffer_size_db: Uint::new(0),
+                    max_bitrate: 0,
+                    avg_bitrate: 0,
+                    dec_specific_info: Some(DecoderSpecificInfo {
+                        payload: asc.to_vec(),
+                    }),
+                },
+                sl_config_descr: SlConfigDescriptor,
+            },
+        },
+        unknown_boxes: Vec::new(),
+    });
+    Ok(AudioConfig {
+        track: t.number,
+        sample_rate,
+        channels,
+        object_type,
+        frequency_index,
+        channel_config,
+        frame_samples: if frame_length_flag == 1 { 960 } else { 1024 },
+        entry,
+    })
+}
+
+/// One media sample on the producer clock, in its track's timescale.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub data: Bytes,
+    /// Decode time.
+    pub dts: i64,
+    /// Presentation time minus decode time (≥ 0).
+    pub cto: i64,
+    pub duration: u32,
+    pub keyframe: bool,
+}
+
+/// One fragment's samples, by track.
+#[derive(Debug, Clone)]
+pub struct Packaged {
+    pub row: FragmentRecord,
+    pub config: Arc<MediaConfig>,
+    pub video: Vec<Sample>,
+    pub audio: Vec<Sample>,
+}
+
+impl Packaged {
+    /// Bytes of sample data.
+    pub fn media_bytes(&self) -> u64 {
+        self.video
+            .iter()
+            .chain(&self.audio)
+            .map(|s| s.data.len() as u64)
+            .sum()
+    }
+}
+
+fn ticks(ns: i128, timescale: u32) -> i64 {
+    (ns * i128::from(timescale)).div_euclid(1_000_000_000) as i64
+}
+
+/// Turns a loaded fragment into samples: video in decode order with decode times from
+/// the sorted presentation times (so B-frames get composition offsets), audio with one
+/// AAC frame duration per sample from its first frame's time.
+pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged> {
+    let base_ns = i128::from(f.row.producer_ts_ms) * 1_000_000 - i128::from(f.cluster_ns);
+    let end_ns = i128::from(f.row.producer_ts_ms + f.row.duration_ms.max(0)) * 1_000_000;
+    let mut video = Vec::new();
+    if let Some(v) = &config.video {
+        let frames: Vec<_> = f.frames.iter().filter(|fr| fr.track == v.track).collect();
+        let pts: Vec<i64> = frames
+            .iter()
+            .map(|fr| ticks(base_ns + i128::from(fr.pts_ns), VIDEO_TIMESCALE))
+            .collect();
+        let mut sorted = pts.clone();
+        sorted.sort_unstable();
+        let delay = sorted
+            .iter()
+            .zip(&pts)
+            .map(|(s, p)| s - p)
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let end = ticks(end_ns, VIDEO_TIMESCALE) - delay;
+        let n = frames.len();
+        for (i, fr) in frames.iter().enumerate() {
+            let dts = sorted[i] - delay;
+            let next = if i + 1 < n {
+                sorted[i + 1] - delay
+            } else {
+                end
+            };
+            let mut duration = next - dts;
+            if duration <= 0 {
+                // Last frame with no usable fragment end: repeat the previous interval.
+                duration = if i > 0 {
+                    sorted[i] - sorted[i - 1]
+                } else {
+                    3000
+                };
+            }
+            video.push(Sample {
+                data: fr.data.clone(),
+                dts,
+                cto: pts[i] - dts,
+                duration: duration.clamp(1, i64::from(u32::MAX)) as u32,
+                keyframe: fr.keyframe,
+            });
+        }
+        if let Some(first) = video.first()
+            && !first.keyframe
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidMediaFrame,
+                format!(
+                    "fragment does not start with a video keyframe: seq={}",
+                    f.row.seq
+                ),
+            ));
+        }
+    }
+    let mut audio = Vec::new();
+    if let Some(a) = &config.audio {
+        let mut t = None;
+        for fr in f.frames.iter().filter(|fr| fr.track == a.track) {
+            let dts =
+                *t.get_or_insert_with(|| ticks(base_ns + i128::from(fr.pts_ns), a.sample_rate));
+            audio.push(Sample {
+                data: fr.data.clone(),
+                dts,
+                cto: 0,
+                duration: a.frame_samples,
+                keyframe: true,
+            });
+            t = Some(dts + i64::from(a.frame_samples));
+        }
+    }
+    Ok(Packaged {
+        row: f.row.clone(),
+        config,
+        video,
+        audio,
+    })
+}
+
+/// Which duplicate survives when fragments share a producer timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedup {
+    /// The oldest ingested (lowest fragment number): GetClip.
+    Oldest,
+    /// The newest ingested (highest fragment number): HLS and DASH.
+    Newest,
+}
+
+/// Drops fragments whose producer timestamp another kept fragment has.
+pub fn dedup(rows: Vec<FragmentRecord>, policy: Dedup) -> Vec<FragmentRecord> {
+    let mut keep: HashMap<EpochMillis, u64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        keep.entry(r.producer_ts_ms)
+            .and_modify(|s| {
+                *s = match policy {
+                    Dedup::Oldest => (*s).min(r.seq),
+                    Dedup::Newest => (*s).max(r.seq),
+                }
+            })
+            .or_insert(r.seq);
+    }
+    rows.into_iter()
+        .filter(|r| keep.get(&r.producer_ts_ms) == Some(&r.seq))
+        .collect()
+}
+
+/// Fragments whose `kind` timestamp is in `[start, end]`, in (timestamp, number) order,
+/// de-duplicated, at most `limit` (after de-duplication).
+pub async fn select_fragments(
+    catalog: &Catalog,
+    stream: &StreamRecord,
+    kind: TimestampKind,
+    start_ms: EpochMillis,
+    end_ms: EpochMillis,
+    limit: usize,
+    policy: Dedup,
+) -> Result<Vec<FragmentRecord>> {
+    const PAGE: usize = 1000;
+    let mut out: Vec<FragmentRecord> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = catalog
+            .index()
+            .fragments_in_range(&stream.stream_id, kind, start_ms, end_ms, after, PAGE)
+            .await?;
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            after = Some((ts_of(last, kind), last.seq));
+        }
+        out.extend(page);
+        // Duplicates may straddle a page boundary: keep one extra page of headroom.
+        if !full || out.len() >= limit + PAGE {
+            break;
+        }
+    }
+    let mut out = dedup(out, policy);
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// A fragment's timestamp of `kind`.
+pub fn ts_of(r: &FragmentRecord, kind: TimestampKind) -> EpochMillis {
+    match kind {
+        TimestampKind::Producer => r.producer_ts_ms,
+        TimestampKind::Server => r.server_ts_ms,
+    }
+}
+
+/// An upload session's header and codec configuration.
+type SessionEntry = (Arc<SessionInfo>, Arc<MediaConfig>);
+
+/// Per-server playback state.
+#[derive(Debug)]
+pub struct Playback {
+    pub settings: PlaybackSettings,
+    pub signer: token::TokenSigner,
+    pub sessions: timeline::Sessions,
+    catalog: Catalog,
+    /// Upload sessions by (stream id, session id); bounded, cleared when full.
+    configs: Mutex<HashMap<(String, u64), SessionEntry>>,
+}
+
+impl Playback {
+    pub fn new(settings: PlaybackSettings, signer: token::TokenSigner, catalog: Catalog) -> Self {
+        let sessions = timeline::Sessions::new(settings.max_sessions);
+        Self {
+            settings,
+            signer,
+            sessions,
+            catalog,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn session(&self, loader: &mut FragmentLoader, session_id: u64) -> Result<SessionEntry> {
+        let key = (loader.stream().stream_id.clone(), session_id);
+        if let Some(c) = self.configs.lock().expect("config cache").get(&key) {
+            return Ok(c.clone());
+        }
+        let info = loader.session(session_id).await?;
+        let c = Arc::new(MediaConfig::from_session(&info)?);
+        let mut m = self.configs.lock().expect("config cache");
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(key, (info.clone(), c.clone()));
+        Ok((info, c))
+    }
+
+    /// The codec configuration of an upload session (cached).
+    pub async fn config(
+        &self,
+        loader: &mut FragmentLoader,
+        session_id: u64,
+    ) -> Result<Arc<MediaConfig>> {
+        Ok(self.session(loader, session_id).await?.1)
+    }
+
+    /// Reads, demuxes (`demux_cluster`) and packages one fragment; the session header
+    /// comes from the cache, so a segment request costs one object read. A fragment that
+    /// does not demux is an `InvalidMediaFrame` error.
+    pub async fn load(
+        &self,
+        loader: &mut FragmentLoader,
+        row: &FragmentRecord,
+    ) -> Result<Packaged> {
+        let (session, config) = self.session(loader, row.session_id).await?;
+        let key = self.catalog.data_key(loader.stream())?;
+        let cluster = self.catalog.store().get_fragment(&key, row.seq).await?;
+        let (cluster_ns, frames) =
+            demux_cluster(&cluster, session.timecode_scale_ns).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidMediaFrame,
+                    format!("fragment does not demux: seq={} error={e}", row.seq),
+                )
+            })?;
+        let f = LoadedFragment {
+            row: row.clone(),
+            session,
+            cluster_ns,
+            frames,
+        };
+        package(&f, config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64, ts: i64) -> FragmentRecord {
+        FragmentRecord {
+            stream_id: "s".into(),
+            seq,
+            session_id: 1,
+            producer_ts_ms: ts,
+            server_ts_ms: ts,
+            duration_ms: 1000,
+            producer_timecode: ts,
+            size: 1,
+            object_key: String::new(),
+            object_size: 1,
+            content_hash: String::new(),
+            metadata: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_oldest_or_newest() {
+        let rows = vec![row(1, 0), row(2, 1000), row(5, 1000), row(3, 2000)];
+        let seqs = |v: Vec<FragmentRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(dedup(rows.clone(), Dedup::Oldest)), vec![1, 2, 3]);
+        assert_eq!(seqs(dedup(rows, Dedup::Newest)), vec![1, 5, 3]);
+    }
+
+    #[test]
+    fn ticks_round_down_on_the_producer_clock() {
+        assert_eq!(ticks(1_000_000_000, 90_000), 90_000);
+        assert_eq!(
+            ticks(1_795_600_000_123_000_000, 90_000),
+            161_604_000_011_070
+        );
+        assert_eq!(ticks(33_000_000, 48_000), 1584);
+    }
+}
