@@ -51,6 +51,8 @@ pub struct Settings {
     pub media: MediaSettings,
     /// Background deletion (DeleteStream sweeps, orphan clean-up).
     pub gc: GcSettings,
+    /// GetImages and image generation.
+    pub images: ImageSettings,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             media: MediaSettings::default(),
             gc: GcSettings::default(),
+            images: ImageSettings::default(),
         }
     }
 }
@@ -242,6 +245,48 @@ impl Default for GcSettings {
     }
 }
 
+/// GetImages and image generation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Longest `EndTimestamp - StartTimestamp` GetImages accepts. Default `300s` (AWS).
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+    /// Smallest `SamplingInterval` accepted (GetImages and image generation).
+    /// Default `200ms` (AWS).
+    #[serde(with = "humantime_serde")]
+    pub min_sampling_interval: Duration,
+    /// `SamplingInterval` used when a GetImages request omits it. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub default_sampling_interval: Duration,
+    /// Most images in one GetImages response; a larger `MaxResults` is capped to it.
+    /// Default 25 (AWS).
+    pub max_page_size: usize,
+    /// Fragments decoded at the same time, server-wide (GetImages and image generation
+    /// together); 0 means one per CPU core. Default 0.
+    pub max_concurrent_decodes: usize,
+    /// Directory that image generation writes to for destinations `file://<name>/...`
+    /// … see docs/config.md. Default `<data_dir>/images`.
+    pub local_dir: Option<PathBuf>,
+    /// URL that image generation POSTs one JSON notification to per generated batch
+    /// (one batch per tagged fragment). Default: none.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            max_range: Duration::from_secs(300),
+            min_sampling_interval: Duration::from_millis(200),
+            default_sampling_interval: Duration::from_secs(3),
+            max_page_size: 25,
+            max_concurrent_decodes: 0,
+            local_dir: None,
+            webhook_url: None,
+        }
+    }
+}
+
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -342,7 +387,33 @@ impl Settings {
                 "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),
             ));
         }
+        if self.images.max_page_size == 0 || self.images.min_sampling_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "images.max_page_size and images.min_sampling_interval must be positive".into(),
+            ));
+        }
+        if self.images.default_sampling_interval < self.images.min_sampling_interval {
+            return Err(ConfigError::Invalid(
+                "images.default_sampling_interval must not be below images.min_sampling_interval"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &self.images.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "images.webhook_url must start with http:// or https://".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Directory image generation writes `file://` destinations under.
+    pub fn images_local_dir(&self) -> PathBuf {
+        self.images
+            .local_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
     }
 
     /// The base URL clients should use: `public_url`, or `http://<listen>` where the

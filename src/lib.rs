@@ -3,7 +3,8 @@
 //! Layout: [`config`] (settings), [`clock`] (injected time), [`model`] (validated domain
 //! values), [`error`] (service error kinds), [`store`] (encrypted fragment objects, the
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
-//! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`api`] (one router per
+//! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`images`] (GetImages
+//! and image generation), [`api`] (one router per
 //! API family), [`server`] (assembly and `run`), [`check`] (invariant checker) and
 //! [`cli`] (the `streamvault` command).
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fragmenter;
 pub mod gc;
+pub mod images;
 pub mod index;
 pub mod ingest;
 pub mod media;

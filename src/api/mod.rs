@@ -5,6 +5,7 @@
 pub mod archived;
 pub mod control;
 pub mod error;
+pub mod images;
 pub mod json;
 pub mod media;
 pub mod put_media;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// GetImages / image generation decoding.
+    pub images: crate::images::ImageService,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -76,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(put_media::router())
         .merge(media::router())
         .merge(archived::router())
+        .merge(images::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn(observe))

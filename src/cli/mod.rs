@@ -1,5 +1,6 @@
 //! The `streamvault` command line: `serve` (run the server), `check` (verify a data
-//! dir), and the consumer commands in [`consume`] (`get-media`, `list-fragments`). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
+//! dir), the consumer commands in [`consume`] (`get-media`, `list-fragments`) and
+//! [`images`] (`images`). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
 //! (default `info`).
 
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 pub mod consume;
+pub mod images;
 
 use crate::config::Settings;
 
@@ -34,6 +36,8 @@ enum Command {
     GetMedia(consume::GetMediaArgs),
     /// List a stream's fragments in a time range (ListFragments).
     ListFragments(consume::ListFragmentsArgs),
+    /// Save still images of a time range (GetImages) as numbered files plus index.json.
+    Images(images::ImagesArgs),
 }
 
 /// Options every command that reads settings takes.
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
             Command::ListFragments(a) => {
                 consume::list_fragments(a).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::Images(a) => images::images(a).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

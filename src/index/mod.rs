@@ -244,4 +244,15 @@ pub trait Index: Send + Sync + std::fmt::Debug {
 
     async fn list_garbage(&self, limit: usize) -> IndexResult<Vec<GarbageRecord>>;
     async fn drop_garbage(&self, id: i64) -> IndexResult<()>;
+
+    /// A stream's configuration document of one kind (e.g. image generation), as stored.
+    async fn get_stream_config(&self, stream_id: &str, kind: &str) -> IndexResult<Option<String>>;
+    /// Sets (`Some`) or removes (`None`) a configuration document; fails with
+    /// [`IndexError::StreamNotFound`] when the stream is gone. Deleted with the stream.
+    async fn put_stream_config(
+        &self,
+        stream_id: &str,
+        kind: &str,
+        body: Option<String>,
+    ) -> IndexResult<()>;
 }

@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::*;
 
 /// Migrations, in order; `user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     stream_id       TEXT PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,
@@ -62,7 +63,17 @@ CREATE TABLE garbage (
     object_key TEXT,
     created_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    // 2: per-stream configuration documents (image generation), deleted with the stream.
+    r#"
+CREATE TABLE stream_configs (
+    stream_id TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    kind      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind)
+);
+"#,
+];
 
 /// SQLite-backed [`Index`].
 #[derive(Debug, Clone)]
@@ -658,6 +669,50 @@ impl Index for SqliteIndex {
         })
         .await
     }
+
+    async fn get_stream_config(&self, stream_id: &str, kind: &str) -> IndexResult<Option<String>> {
+        let (id, kind) = (stream_id.to_owned(), kind.to_owned());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT body FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
+                params![id, kind],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_stream_config(
+        &self,
+        stream_id: &str,
+        kind: &str,
+        body: Option<String>,
+    ) -> IndexResult<()> {
+        let (id, kind) = (stream_id.to_owned(), kind.to_owned());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            if stream_where(&tx, "stream_id", &id)?.is_none() {
+                return Err(IndexError::StreamNotFound(id));
+            }
+            match body {
+                Some(b) => tx.execute(
+                    "INSERT INTO stream_configs (stream_id, kind, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (stream_id, kind) DO UPDATE SET body = excluded.body",
+                    params![id, kind, b],
+                ),
+                None => tx.execute(
+                    "DELETE FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
+                    params![id, kind],
+                ),
+            }
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -733,6 +788,48 @@ mod tests {
             .unwrap();
         assert_eq!((s.retention_hours, s.version.as_str()), (48, "v2"));
         assert_eq!(s.tags.get("a").map(String::as_str), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn stream_configs_persist_and_go_with_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let id = "0123456789abcdef0123456789abcdef";
+        {
+            let ix = SqliteIndex::open(&path).unwrap();
+            ix.create_stream(new_stream("cam", id), 10).await.unwrap();
+            assert_eq!(ix.get_stream_config(id, "k").await.unwrap(), None);
+            ix.put_stream_config(id, "k", Some("{\"a\":1}".into()))
+                .await
+                .unwrap();
+            ix.put_stream_config(id, "k", Some("{\"a\":2}".into()))
+                .await
+                .unwrap();
+            assert!(matches!(
+                ix.put_stream_config("ffffffffffffffffffffffffffffffff", "k", Some("x".into()))
+                    .await,
+                Err(IndexError::StreamNotFound(_))
+            ));
+            ix.close();
+        }
+        let ix = SqliteIndex::open(&path).unwrap();
+        assert_eq!(
+            ix.get_stream_config(id, "k").await.unwrap().as_deref(),
+            Some("{\"a\":2}")
+        );
+        ix.put_stream_config(id, "k", None).await.unwrap();
+        assert_eq!(ix.get_stream_config(id, "k").await.unwrap(), None);
+        ix.put_stream_config(id, "k", Some("x".into()))
+            .await
+            .unwrap();
+        ix.delete_stream(id, None, 1).await.unwrap();
+        let n: i64 = ix
+            .reader
+            .lock()
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM stream_configs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[tokio::test]

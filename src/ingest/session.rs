@@ -435,8 +435,11 @@ async fn persist_fragment(
         content_hash: content_hash(&f.cluster),
         metadata: f.metadata.clone(),
     };
-    match ctx.catalog.index().insert_fragment(rec).await {
-        Ok(()) => Ok(()),
+    match ctx.catalog.index().insert_fragment(rec.clone()).await {
+        Ok(()) => {
+            ctx.ingest.fragment_persisted(&ctx.stream, &rec);
+            Ok(())
+        }
         Err(e) => {
             let gone = matches!(
                 ctx.catalog
