@@ -265,8 +265,8 @@ pub struct ImageSettings {
     /// Fragments decoded at the same time, server-wide (GetImages and image generation
     /// together); 0 means one per CPU core. Default 0.
     pub max_concurrent_decodes: usize,
-    /// Directory that image generation writes to for destinations `file://<name>/...`
-    /// … see docs/config.md. Default `<data_dir>/images`.
+    /// Root directory of image generation's `file://<dir>/<prefix>` destinations (images
+    /// go to `<local_dir>/<dir>/<prefix>/<stream>/<ms>.jpg`). Default `<data_dir>/images`.
     pub local_dir: Option<PathBuf>,
     /// URL that image generation POSTs one JSON notification to per generated batch
     /// (one batch per tagged fragment). Default: none.

@@ -57,6 +57,7 @@ pub fn new_decoder(
         CODEC_H264 => Ok(Box::new(H264::new(codec_private)?)),
         #[cfg(feature = "hevc")]
         CODEC_H265 => Ok(Box::new(hevc::Hevc::new(codec_private)?)),
+        #[cfg(not(feature = "hevc"))]
         CODEC_H265 => Err(DecodeError(
             "H.265 decoding is not built in (cargo feature `hevc`)".into(),
         )),
@@ -309,6 +310,7 @@ mod hevc {
             ctx.set_threading(ff::threading::Config {
                 kind: ff::threading::Type::None,
                 count: 1,
+                ..Default::default()
             });
             let decoder = ctx.decoder().video().map_err(|e| err("open", e))?;
             Ok(Self {
