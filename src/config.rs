@@ -568,6 +568,30 @@ mod tests {
     }
 
     #[test]
+    fn image_settings_from_env_and_their_rules() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("STREAMVAULT_IMAGES__MAX_RANGE", "60s"),
+                ("STREAMVAULT_IMAGES__MAX_PAGE_SIZE", "10"),
+                ("STREAMVAULT_IMAGES__WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.images.max_range, Duration::from_secs(60));
+        assert_eq!(s.images.max_page_size, 10);
+        assert_eq!(s.images.min_sampling_interval, Duration::from_millis(200));
+        assert_eq!(s.images_local_dir(), s.data_dir.join("images"));
+        for bad in [
+            ("STREAMVAULT_IMAGES__MAX_PAGE_SIZE", "0"),
+            ("STREAMVAULT_IMAGES__DEFAULT_SAMPLING_INTERVAL", "100ms"),
+            ("STREAMVAULT_IMAGES__WEBHOOK_URL", "ftp://x"),
+        ] {
+            assert!(Settings::load(None, env(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let mut s = Settings::default();
         s.store.s3.secret_access_key = Some("SUPERSECRETVALUE".into());
