@@ -28,7 +28,10 @@ pub fn wire(kind: ErrorKind) -> (StatusCode, &'static str) {
         ConnectionLimitExceeded => (StatusCode::BAD_REQUEST, "ConnectionLimitExceededException"),
         InvalidResourceFormat => (StatusCode::BAD_REQUEST, "InvalidResourceFormatException"),
         NoDataRetention => (StatusCode::BAD_REQUEST, "NoDataRetentionException"),
-        UnsupportedStreamMediaType => (StatusCode::BAD_REQUEST, "UnsupportedStreamMediaTypeException"),
+        UnsupportedStreamMediaType => (
+            StatusCode::BAD_REQUEST,
+            "UnsupportedStreamMediaTypeException",
+        ),
         MissingCodecPrivateData => (StatusCode::BAD_REQUEST, "MissingCodecPrivateDataException"),
         InvalidCodecPrivateData => (StatusCode::BAD_REQUEST, "InvalidCodecPrivateDataException"),
         InvalidMediaFrame => (StatusCode::BAD_REQUEST, "InvalidMediaFrameException"),
