@@ -65,6 +65,8 @@ pub struct Settings {
     pub gc: GcSettings,
     /// GetClip, HLS and DASH limits.
     pub playback: PlaybackSettings,
+    /// GetImages and image generation.
+    pub images: ImageSettings,
 }
 
 impl Default for Settings {
@@ -89,6 +91,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             gc: GcSettings::default(),
             playback: PlaybackSettings::default(),
+            images: ImageSettings::default(),
         }
     }
 }
@@ -406,6 +409,44 @@ impl Default for PlaybackSettings {
             renew_live_sessions: true,
             max_sessions: 10_000,
             cors_allow_origin: "*".into(),
+/// GetImages and image generation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// Longest `EndTimestamp - StartTimestamp` GetImages accepts. Default `300s` (AWS).
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+    /// Smallest `SamplingInterval` accepted (GetImages and image generation).
+    /// Default `200ms` (AWS).
+    #[serde(with = "humantime_serde")]
+    pub min_sampling_interval: Duration,
+    /// `SamplingInterval` used when a GetImages request omits it. Default `3s`.
+    #[serde(with = "humantime_serde")]
+    pub default_sampling_interval: Duration,
+    /// Most images in one GetImages response; a larger `MaxResults` is capped to it.
+    /// Default 25 (AWS).
+    pub max_page_size: usize,
+    /// Fragments decoded at the same time, server-wide (GetImages and image generation
+    /// together); 0 means one per CPU core. Default 0.
+    pub max_concurrent_decodes: usize,
+    /// Root directory of image generation's `file://<dir>/<prefix>` destinations (images
+    /// go to `<local_dir>/<dir>/<prefix>/<stream>/<ms>.jpg`). Default `<data_dir>/images`.
+    pub local_dir: Option<PathBuf>,
+    /// URL that image generation POSTs one JSON notification to per generated batch
+    /// (one batch per tagged fragment). Default: none.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            max_range: Duration::from_secs(300),
+            min_sampling_interval: Duration::from_millis(200),
+            default_sampling_interval: Duration::from_secs(3),
+            max_page_size: 25,
+            max_concurrent_decodes: 0,
+            local_dir: None,
+            webhook_url: None,
         }
     }
 }
@@ -526,9 +567,33 @@ impl Settings {
         if axum::http::HeaderValue::from_str(&self.playback.cors_allow_origin).is_err() {
             return Err(ConfigError::Invalid(
                 "playback.cors_allow_origin must be a valid header value".into(),
+        if self.images.max_page_size == 0 || self.images.min_sampling_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "images.max_page_size and images.min_sampling_interval must be positive".into(),
+            ));
+        }
+        if self.images.default_sampling_interval < self.images.min_sampling_interval {
+            return Err(ConfigError::Invalid(
+                "images.default_sampling_interval must not be below images.min_sampling_interval"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &self.images.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "images.webhook_url must start with http:// or https://".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Directory image generation writes `file://` destinations under.
+    pub fn images_local_dir(&self) -> PathBuf {
+        self.images
+            .local_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("images"))
     }
 
     /// The base URL clients should use: `public_url`, or `http://<listen>` where the
@@ -681,6 +746,30 @@ mod tests {
             .is_err()
         );
         assert!(Settings::load(None, env(&[("STREAMVAULT_ACCOUNT_ID", "12")])).is_err());
+    }
+
+    #[test]
+    fn image_settings_from_env_and_their_rules() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("STREAMVAULT_IMAGES__MAX_RANGE", "60s"),
+                ("STREAMVAULT_IMAGES__MAX_PAGE_SIZE", "10"),
+                ("STREAMVAULT_IMAGES__WEBHOOK_URL", "http://127.0.0.1:1/hook"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.images.max_range, Duration::from_secs(60));
+        assert_eq!(s.images.max_page_size, 10);
+        assert_eq!(s.images.min_sampling_interval, Duration::from_millis(200));
+        assert_eq!(s.images_local_dir(), s.data_dir.join("images"));
+        for bad in [
+            ("STREAMVAULT_IMAGES__MAX_PAGE_SIZE", "0"),
+            ("STREAMVAULT_IMAGES__DEFAULT_SAMPLING_INTERVAL", "100ms"),
+            ("STREAMVAULT_IMAGES__WEBHOOK_URL", "ftp://x"),
+        ] {
+            assert!(Settings::load(None, env(&[bad])).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! values), [`error`] (service error kinds), [`store`] (encrypted fragment objects, the
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
 //! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`playback`] (GetClip,
-//! HLS and DASH packagers), [`api`] (one router per API family), [`server`] (assembly and
-//! `run`), [`check`] (invariant checker) and [`cli`] (the `streamvault` command);
-//! [`retention`] expires fragments.
+//! HLS and DASH packagers), [`images`] (GetImages and image generation), [`api`] (one
+//! router per API family), [`server`] (assembly and `run`), [`check`] (invariant checker)
+//! and [`cli`] (the `streamvault` command); [`retention`] expires fragments.
 
 pub mod api;
 pub mod auth;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod fragmenter;
 pub mod gc;
+pub mod images;
 pub mod index;
 pub mod ingest;
 pub mod media;

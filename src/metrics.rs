@@ -51,3 +51,7 @@ pub const ACK_BUFFERING_TO_PERSISTED: &str = "streamvault_ack_buffering_to_persi
 pub const ACK_CLOSE_TO_PERSISTED: &str = "streamvault_ack_close_to_persisted_seconds";
 /// Acks dropped because the client did not read them.
 pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
+/// GetImages instants answered, by outcome (`image`, `no_media`, `media_error`).
+pub const IMAGES_SERVED: &str = "streamvault_images_total";
+/// Image generation: instants processed for tagged fragments.
+pub const IMAGES_GENERATED: &str = "streamvault_images_generated_total";

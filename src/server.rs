@@ -180,16 +180,27 @@ impl Server {
         let addr = listener.local_addr()?;
         let gc_wake = self.gc.notify_handle();
         let stop = CancellationToken::new();
+        let images = crate::images::ImageService::new(&self.settings);
+        let ingest = Arc::new(Ingest::new(self.settings.ingest.clone()));
+        ingest.set_image_jobs(
+            crate::images::generation::Generator {
+                catalog: self.catalog.clone(),
+                images: images.clone(),
+                settings: self.settings.clone(),
+            }
+            .spawn(stop.clone()),
+        );
         let state = AppState {
             public_url: self.settings.public_base_url(addr).into(),
             settings: self.settings.clone(),
             catalog: self.catalog.clone(),
             metrics: crate::metrics::handle(),
             gc_wake: gc_wake.clone(),
-            ingest: Arc::new(Ingest::new(self.settings.ingest.clone())),
+            ingest,
             shutdown: stop.clone(),
             auth: self.auth.clone(),
             playback: self.playback.clone(),
+            images,
         };
         let sweeper = Sweeper {
             index: self.index.clone(),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod clip;
 pub mod control;
 pub mod error;
+pub mod images;
 pub mod json;
 pub mod media;
 pub mod playback;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// GetClip/HLS/DASH state: session token signer, live-session timelines.
     pub playback: Arc<crate::playback::Playback>,
+    /// GetImages / image generation decoding.
+    pub images: crate::images::ImageService,
 }
 
 /// AWS operations of the three KVS services (and signaling/edge operations of the
@@ -85,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(archived::router())
         .merge(clip::router())
         .merge(playback::router())
+        .merge(images::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(

@@ -130,7 +130,7 @@ fn start_selector(start: &str) -> anyhow::Result<Value> {
     })
 }
 
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     ep: &Endpoint,
     op: &str,

@@ -1,5 +1,6 @@
 //! The `streamvault` command line: `serve` (run the server), `check` (verify a data
-//! dir), and the consumer commands in [`consume`] (`get-media`, `list-fragments`). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
+//! dir), the consumer commands in [`consume`] (`get-media`, `list-fragments`) and
+//! [`images`] (`images`). Logging goes to stderr, filtered by `STREAMVAULT_LOG` or `RUST_LOG`
 //! (default `info`).
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod consume;
 pub mod put;
+pub mod images;
 
 use crate::config::Settings;
 
@@ -40,6 +42,8 @@ enum Command {
     Put(put::PutArgs),
     /// Print a presigned PutMedia/GetMedia URL for producers that cannot sign.
     Presign(put::PresignArgs),
+    /// Save still images of a time range (GetImages) as numbered files plus index.json.
+    Images(images::ImagesArgs),
 }
 
 /// Options every command that reads settings takes.
@@ -119,6 +123,7 @@ pub fn main() -> ExitCode {
             }
             Command::Put(a) => put::put(a).await.map(|()| ExitCode::SUCCESS),
             Command::Presign(a) => put::presign(a).map(|()| ExitCode::SUCCESS),
+            Command::Images(a) => images::images(a).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

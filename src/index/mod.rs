@@ -317,4 +317,14 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     ) -> IndexResult<Vec<GarbageRecord>>;
     /// Figures of every live stream, in stream id order.
     async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>>;
+    /// A stream's configuration document of one kind (e.g. image generation), as stored.
+    async fn get_stream_config(&self, stream_id: &str, kind: &str) -> IndexResult<Option<String>>;
+    /// Sets (`Some`) or removes (`None`) a configuration document; fails with
+    /// [`IndexError::StreamNotFound`] when the stream is gone. Deleted with the stream.
+    async fn put_stream_config(
+        &self,
+        stream_id: &str,
+        kind: &str,
+        body: Option<String>,
+    ) -> IndexResult<()>;
 }

@@ -71,6 +71,15 @@ CREATE TABLE garbage (
 CREATE INDEX fragments_by_content ON fragments (stream_id, producer_ts_ms, content_hash);
 CREATE INDEX fragments_by_session ON fragments (stream_id, session_id);
 "#,
+    // 3: per-stream configuration documents (image generation), deleted with the stream.
+    r#"
+CREATE TABLE stream_configs (
+    stream_id TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    kind      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind)
+);
+"#,
 ];
 
 /// SQLite-backed [`Index`].
@@ -931,6 +940,50 @@ impl Index for SqliteIndex {
                 })
                 .map_err(db_err)?;
             rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_stream_config(&self, stream_id: &str, kind: &str) -> IndexResult<Option<String>> {
+        let (id, kind) = (stream_id.to_owned(), kind.to_owned());
+        self.read(move |c| {
+            c.query_row(
+                "SELECT body FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
+                params![id, kind],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn put_stream_config(
+        &self,
+        stream_id: &str,
+        kind: &str,
+        body: Option<String>,
+    ) -> IndexResult<()> {
+        let (id, kind) = (stream_id.to_owned(), kind.to_owned());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            if stream_where(&tx, "stream_id", &id)?.is_none() {
+                return Err(IndexError::StreamNotFound(id));
+            }
+            match body {
+                Some(b) => tx.execute(
+                    "INSERT INTO stream_configs (stream_id, kind, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (stream_id, kind) DO UPDATE SET body = excluded.body",
+                    params![id, kind, b],
+                ),
+                None => tx.execute(
+                    "DELETE FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
+                    params![id, kind],
+                ),
+            }
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(())
         })
         .await
     }

@@ -300,3 +300,45 @@ async fn stream_listing_by_prefix_and_limit() {
         Err(IndexError::StreamLimit(4))
     ));
 }
+
+#[tokio::test]
+async fn stream_configs_persist_and_go_with_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.db");
+    let id = "0123456789abcdef0123456789abcdef";
+    {
+        let ix = SqliteIndex::open(&path).unwrap();
+        ix.create_stream(new_stream("cam", id), 10).await.unwrap();
+        assert_eq!(ix.get_stream_config(id, "k").await.unwrap(), None);
+        ix.put_stream_config(id, "k", Some("{\"a\":1}".into()))
+            .await
+            .unwrap();
+        ix.put_stream_config(id, "k", Some("{\"a\":2}".into()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            ix.put_stream_config("ffffffffffffffffffffffffffffffff", "k", Some("x".into()))
+                .await,
+            Err(IndexError::StreamNotFound(_))
+        ));
+        ix.close();
+    }
+    let ix = SqliteIndex::open(&path).unwrap();
+    assert_eq!(
+        ix.get_stream_config(id, "k").await.unwrap().as_deref(),
+        Some("{\"a\":2}")
+    );
+    ix.put_stream_config(id, "k", None).await.unwrap();
+    assert_eq!(ix.get_stream_config(id, "k").await.unwrap(), None);
+    ix.put_stream_config(id, "k", Some("x".into()))
+        .await
+        .unwrap();
+    ix.delete_stream(id, None, 1).await.unwrap();
+    let n: i64 = ix
+        .reader
+        .lock()
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM stream_configs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}

@@ -250,6 +250,8 @@ pub struct Ingest {
     /// Memory budget in KiB permits.
     memory: Arc<Semaphore>,
     memory_kib: usize,
+    /// Queue of the image generator (persisted fragments tagged for image generation).
+    image_jobs: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::images::generation::Job>>,
 }
 
 /// Holds one PutMedia connection slot of a stream; released on drop.
@@ -271,6 +273,34 @@ impl Ingest {
             streams: Mutex::default(),
             memory: Arc::new(Semaphore::new(memory_kib)),
             memory_kib,
+            image_jobs: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the image generator (once, at server start).
+    pub fn set_image_jobs(&self, tx: tokio::sync::mpsc::Sender<crate::images::generation::Job>) {
+        let _ = self.image_jobs.set(tx);
+    }
+
+    /// Called after a fragment is persisted: queues it for image generation when the
+    /// producer tagged it. Never waits; a full queue drops the job with a warning.
+    pub fn fragment_persisted(
+        &self,
+        stream: &crate::index::StreamRecord,
+        f: &crate::index::FragmentRecord,
+    ) {
+        use crate::images::generation::Job;
+        if !Job::wanted(f) {
+            return;
+        }
+        if let Some(tx) = self.image_jobs.get() {
+            let job = Job {
+                stream: stream.clone(),
+                fragment: f.clone(),
+            };
+            if tx.try_send(job).is_err() {
+                tracing::warn!(stream = %stream.name, fragment_seq = f.seq, "image generation queue full; fragment skipped");
+            }
         }
     }
 

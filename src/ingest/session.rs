@@ -480,11 +480,14 @@ async fn persist_fragment(
         metadata: f.metadata.clone(),
     };
     let inserted = match dedupe_since {
-        Some(since) => index.insert_fragment_unless_duplicate(rec, since).await,
-        None => index.insert_fragment(rec).await.map(|()| None),
+        Some(since) => index.insert_fragment_unless_duplicate(rec.clone(), since).await,
+        None => index.insert_fragment(rec.clone()).await.map(|()| None),
     };
     match inserted {
-        Ok(None) => Ok(Persisted::New),
+        Ok(None) => {
+            ctx.ingest.fragment_persisted(&ctx.stream, &rec);
+            Ok(Persisted::New)
+        }
         Ok(Some(orig)) => {
             // Lost a race with another upload of the same fragment: our object has no
             // row and never will (its number is ours alone), so it can go now.

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! streams/<stream id>/fragments/<seq, 20 digits>.mkv.sv
+//! <image prefix>/<stream name>/<epoch ms>.<jpg|png>     (image generation, plaintext)
 //! ```
 //!
 //! `<stream id>` is the 32-hex-digit id the index gives each stream incarnation (never a
@@ -37,6 +38,16 @@ pub fn all_streams_prefix() -> Path {
 pub fn fragment_key(stream_id: &str, seq: u64) -> Path {
     debug_assert!(is_stream_id(stream_id));
     Path::from_iter([STREAMS, stream_id, FRAGMENTS, &format!("{seq:020}{SUFFIX}")])
+}
+
+/// Key of a generated image. `prefix` never starts with `streams` (checked where image
+/// generation configurations are accepted), so images never mix with fragments.
+pub fn image_key(prefix: &str, stream_name: &str, file_name: &str) -> Path {
+    let mut parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+    debug_assert!(parts.first().is_some_and(|p| *p != STREAMS));
+    parts.push(stream_name);
+    parts.push(file_name);
+    Path::from_iter(parts)
 }
 
 /// Parses a fragment key back into (stream id, sequence number).

@@ -140,6 +140,32 @@ impl FragmentStore {
             .collect())
     }
 
+    /// Writes a generated image (image generation's deliverable, like the images AWS
+    /// writes to S3): **not encrypted**, outside the fragments' `streams/` prefix, at
+    /// `<prefix>/<stream name>/<file name>`. Returns the key.
+    pub async fn put_image(
+        &self,
+        prefix: &str,
+        stream_name: &str,
+        file_name: &str,
+        bytes: Bytes,
+    ) -> Result<String, StoreError> {
+        let path = keys::image_key(prefix, stream_name, file_name);
+        self.objects.put(&path, PutPayload::from(bytes)).await?;
+        Ok(path.to_string())
+    }
+
+    /// Reads a generated image (tests and tools).
+    pub async fn get_image(
+        &self,
+        prefix: &str,
+        stream_name: &str,
+        file_name: &str,
+    ) -> Result<Bytes, StoreError> {
+        self.get_raw(&keys::image_key(prefix, stream_name, file_name))
+            .await
+    }
+
     /// Deletes every object of a stream; returns how many were deleted.
     pub async fn delete_stream_objects(&self, stream_id: &str) -> Result<usize, StoreError> {
         let objs = self.list(Some(stream_id)).await?;

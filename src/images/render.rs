@@ -1,0 +1,208 @@
+//! Pictures out of one fragment: which frame each instant shows, and decoding just far
+//! enough to get it.
+//!
+//! **Which frame.** For an instant `t` (producer time, ms) the chosen frame is the video
+//! frame with the greatest presentation time `≤ t`: the one on screen at `t`. When `t`
+//! lies before the fragment's first video frame (the fragment's range starts at its
+//! cluster time, which audio may open), it is the first frame. Frames before the
+//! fragment's first keyframe cannot be decoded and are never chosen.
+//!
+//! **How far to decode.** Frames are grouped into GOPs (a keyframe and the frames up to
+//! the next one, in stored = decode order). Each GOP that holds a chosen frame is decoded
+//! from its keyframe up to that frame and no further, with one decoder for the whole
+//! fragment: consecutive instants of one GOP share the decoding, so each frame is decoded
+//! at most once, and an instant that shows the keyframe itself decodes only the keyframe.
+//! Decoders output pictures in display order; the n-th picture of a GOP is the frame with
+//! the n-th smallest presentation time, which keeps this right with B-frames too.
+//!
+//! **Errors.** A decoder error inside a GOP makes every not-yet-produced instant of that
+//! GOP a media error (concealed pictures are never returned); later GOPs are unaffected.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+
+use super::convert::{self, OutputSpec};
+use super::decode::{self, DecodeError, DecoderPool, Picture};
+
+/// One video frame of a fragment, in stored order.
+#[derive(Debug, Clone)]
+pub struct VideoFrame {
+    /// Presentation time, epoch ms (producer time).
+    pub ms: i64,
+    pub keyframe: bool,
+    pub data: Bytes,
+}
+
+/// The frame index (into `frames`) each instant shows, or `None` when no decodable
+/// frame exists.
+pub fn choose_frames(frames: &[VideoFrame], instants: &[i64]) -> Vec<Option<usize>> {
+    let Some(first_key) = frames.iter().position(|f| f.keyframe) else {
+        return vec![None; instants.len()];
+    };
+    instants
+        .iter()
+        .map(|&t| {
+            let usable = (first_key..frames.len()).map(|i| (frames[i].ms, i));
+            usable
+                .clone()
+                .filter(|(ms, _)| *ms <= t)
+                .max()
+                .or_else(|| usable.min())
+                .map(|(_, i)| i)
+        })
+        .collect()
+}
+
+/// Renders one picture per instant. `Err` carries why the media could not be decoded.
+pub fn render_fragment(
+    pool: &DecoderPool,
+    codec_id: &str,
+    codec_private: &Bytes,
+    frames: &[VideoFrame],
+    instants: &[i64],
+    spec: &OutputSpec,
+) -> Vec<Result<Bytes, String>> {
+    let chosen = choose_frames(frames, instants);
+    let mut by_frame: HashMap<usize, Result<Bytes, String>> = HashMap::new();
+    // GOP start (index of its keyframe) → chosen frame indices in it.
+    let mut gops: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &i in chosen.iter().flatten() {
+        let start = (0..=i)
+            .rev()
+            .find(|&k| frames[k].keyframe)
+            .expect("chosen frames follow a keyframe");
+        gops.entry(start).or_default().push(i);
+    }
+    if !gops.is_empty() {
+        match pool.take(codec_id, codec_private) {
+            Ok(mut dec) => {
+                let mut healthy = true;
+                for (start, wanted) in &gops {
+                    let end = (start + 1..frames.len())
+                        .find(|&k| frames[k].keyframe)
+                        .unwrap_or(frames.len());
+                    let ok = render_gop(
+                        dec.as_mut(),
+                        &frames[*start..end],
+                        *start,
+                        wanted,
+                        spec,
+                        &mut by_frame,
+                    );
+                    healthy &= ok;
+                }
+                if healthy {
+                    pool.give(codec_id, codec_private.clone(), dec);
+                }
+            }
+            Err(e) => {
+                for &i in chosen.iter().flatten() {
+                    by_frame.insert(i, Err(e.to_string()));
+                }
+            }
+        }
+    }
+    chosen
+        .iter()
+        .map(|c| match c {
+            None => Err("no decodable video frame in the fragment".to_owned()),
+            Some(i) => by_frame
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err("the decoder did not output the frame".to_owned())),
+        })
+        .collect()
+}
+
+/// Decodes one GOP (`gop[0]` is its keyframe, at index `base` of the fragment) far enough
+/// for the `wanted` frames. Returns whether the decoder finished cleanly (reusable).
+fn render_gop(
+    dec: &mut dyn decode::VideoDecoder,
+    gop: &[VideoFrame],
+    base: usize,
+    wanted: &[usize],
+    spec: &OutputSpec,
+    out: &mut HashMap<usize, Result<Bytes, String>>,
+) -> bool {
+    // Display rank of each wanted frame within the GOP.
+    let mut order: Vec<(i64, usize)> = gop.iter().enumerate().map(|(i, f)| (f.ms, i)).collect();
+    order.sort_unstable();
+    let mut by_rank: BTreeMap<usize, usize> = BTreeMap::new();
+    for &w in wanted {
+        let local = w - base;
+        let rank = order
+            .iter()
+            .position(|&(_, i)| i == local)
+            .expect("frame in GOP");
+        by_rank.insert(rank, w);
+    }
+    let last_rank = *by_rank.keys().next_back().expect("something wanted");
+    let produced = std::cell::Cell::new(0usize);
+    let mut sink = |p: &dyn Picture| {
+        if let Some(&w) = by_rank.get(&produced.get()) {
+            let r = p
+                .to_rgb()
+                .map_err(|e| e.to_string())
+                .and_then(|rgb| convert::encode(rgb, spec));
+            out.insert(w, r);
+        }
+        produced.set(produced.get() + 1);
+    };
+    let mut error: Option<DecodeError> = None;
+    for f in gop {
+        if let Err(e) = dec.decode(&f.data, &mut sink) {
+            error = Some(e);
+            break;
+        }
+        if produced.get() > last_rank {
+            break;
+        }
+    }
+    if error.is_none() && produced.get() <= last_rank {
+        if let Err(e) = dec.flush(&mut sink) {
+            error = Some(e);
+        }
+    }
+    // Leave the decoder empty for the next GOP; what it still holds is not wanted.
+    let flushed = dec.flush(&mut |_: &dyn Picture| {}).is_ok();
+    if let Some(e) = &error {
+        // Pictures output before the failing frame came from intact frames and stay.
+        for w in by_rank.values() {
+            out.entry(*w).or_insert_with(|| Err(e.to_string()));
+        }
+    }
+    error.is_none() && flushed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(ms: i64, key: bool) -> VideoFrame {
+        VideoFrame {
+            ms,
+            keyframe: key,
+            data: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn the_frame_on_screen_is_chosen() {
+        let frames = [f(1000, true), f(1033, false), f(1067, false), f(1100, true)];
+        assert_eq!(
+            choose_frames(&frames, &[900, 1000, 1034, 1099, 1100, 5000]),
+            vec![Some(0), Some(0), Some(1), Some(2), Some(3), Some(3)]
+        );
+        // Frames before the first keyframe are never chosen.
+        let frames = [f(1000, false), f(1033, true), f(1067, false)];
+        assert_eq!(
+            choose_frames(&frames, &[1000, 1040]),
+            vec![Some(1), Some(1)]
+        );
+        assert_eq!(choose_frames(&[f(0, false)], &[0]), vec![None]);
+        // B-frames: stored order differs from display order.
+        let frames = [f(0, true), f(100, false), f(33, false), f(67, false)];
+        assert_eq!(choose_frames(&frames, &[50, 99]), vec![Some(2), Some(3)]);
+    }
+}
