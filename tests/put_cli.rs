@@ -135,7 +135,7 @@ async fn put_over_tls_resumes_after_a_server_crash() {
     // A 10 s sample replayed in real time; the server dies 4.5 s in and is back 1 s later.
     let sample =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("media-samples/h264_720p_gop1s.mkv");
-    let mut put = tokio::process::Command::new(BIN)
+    let put = tokio::process::Command::new(BIN)
         .args([
             "put",
             "--endpoint",

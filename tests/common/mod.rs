@@ -182,7 +182,6 @@ pub async fn raw_http(
     path: &str,
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     raw_http_signed(addr, method, path, body, Some(TEST_KEY)).await
 }
 
