@@ -409,6 +409,10 @@ impl Default for PlaybackSettings {
             renew_live_sessions: true,
             max_sessions: 10_000,
             cors_allow_origin: "*".into(),
+        }
+    }
+}
+
 /// GetImages and image generation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -567,6 +571,8 @@ impl Settings {
         if axum::http::HeaderValue::from_str(&self.playback.cors_allow_origin).is_err() {
             return Err(ConfigError::Invalid(
                 "playback.cors_allow_origin must be a valid header value".into(),
+            ));
+        }
         if self.images.max_page_size == 0 || self.images.min_sampling_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "images.max_page_size and images.min_sampling_interval must be positive".into(),

@@ -125,7 +125,7 @@ pub async fn images(a: ImagesArgs) -> anyhow::Result<()> {
         }
         loop {
             let v: Value = serde_json::from_slice(
-                &post(&client, &a.endpoint.endpoint, "getImages", &body)
+                &post(&client, &a.endpoint, "getImages", &body)
                     .await?
                     .bytes()
                     .await?,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::common::TestServer;
+use super::common::{TestServer, presigned_put_url};
 use super::create;
 
 /// A live camera: ffmpeg encoding a test pattern with audio in real time, POSTing live
