@@ -19,8 +19,8 @@ use crate::config::{Settings, StoreBackend};
 use crate::gc::{Sweeper, Trigger};
 use crate::index::sqlite::SqliteIndex;
 use crate::ingest::Ingest;
-use crate::retention::Retention;
 use crate::playback::Playback;
+use crate::retention::Retention;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
 

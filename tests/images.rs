@@ -485,6 +485,8 @@ async fn cli_writes_files_and_index_for_60_seconds() {
     // 62 s asked: the last 2 s have no media. A 25 s window exercises the splitting.
     let o = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_streamvault"))
+            .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
+            .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
             .args([
                 "images",
                 "--endpoint",

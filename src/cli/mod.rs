@@ -11,8 +11,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 pub mod consume;
-pub mod put;
 pub mod images;
+pub mod put;
 
 use crate::config::Settings;
 

@@ -480,7 +480,11 @@ async fn persist_fragment(
         metadata: f.metadata.clone(),
     };
     let inserted = match dedupe_since {
-        Some(since) => index.insert_fragment_unless_duplicate(rec.clone(), since).await,
+        Some(since) => {
+            index
+                .insert_fragment_unless_duplicate(rec.clone(), since)
+                .await
+        }
         None => index.insert_fragment(rec.clone()).await.map(|()| None),
     };
     match inserted {
