@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 
 #[cfg(target_os = "linux")]
-mod sys {
+pub mod sys {
     #[repr(C)]
     struct Timespec {
         tv_sec: i64,
@@ -43,7 +43,7 @@ mod sys {
 }
 
 #[cfg(not(target_os = "linux"))]
-mod sys {
+pub mod sys {
     pub fn cpu_ns(_process: bool) -> Option<u64> {
         None
     }
