@@ -9,7 +9,7 @@
 //! cargo bench --bench load -- <scenario> [options]
 //!   scenarios: one-stream | cameras | readers | live-tail | list-fragments | restart | all
 //!   --streams N --readers M --duration S --baseline-duration S --pace max|cluster|frame
-//!   --sample FILE --merge N --rows N --windows N --starts N --objects --no-baselines
+//!   --sample FILE --merge N --rows N --windows N --starts N --objects --quickack --no-baselines
 //!   --endpoint http://HOST:PORT [--server-pid PID] --no-auth --json out.json
 //! ```
 
@@ -35,7 +35,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- <one-stream|cameras|readers|live-tail|list-fragments|restart|all> \
          [--streams N] [--readers M] [--duration S] [--baseline-duration S] [--pace max|cluster|frame] \
-         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--no-baselines] \
+         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--quickack] [--no-baselines] \
          [--endpoint URL] [--server-pid PID] [--no-auth] [--json FILE]"
     );
     std::process::exit(2)
@@ -72,6 +72,7 @@ fn parse() -> (Vec<String>, Opts) {
             "--windows" => o.windows = Some(num(val(&a)) as usize),
             "--starts" => o.starts = Some(num(val(&a)) as usize),
             "--objects" => o.objects = true,
+            "--quickack" => o.quickack = true,
             "--merge" => o.merge = Some(num(val(&a)) as usize),
             "--no-baselines" => o.no_baselines = true,
             "--endpoint" => o.endpoint = Some(val(&a)),

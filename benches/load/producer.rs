@@ -100,6 +100,21 @@ pub struct Producer {
     pub frames: Option<Arc<FrameLog>>,
     /// Expect acks (false for the nginx and bare-pipeline baselines).
     pub acks: bool,
+    /// Set TCP_QUICKACK after every read of the ack stream (`--quickack`), so our ACKs of
+    /// the server's ack lines are never delayed: a diagnostic for Nagle's algorithm on
+    /// the server's side (it does not set TCP_NODELAY).
+    pub quickack: bool,
+}
+
+/// `setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 1)`; Linux re-arms delayed ACKs on its
+/// own, so this is repeated after every read.
+fn quickack(fd: i32) {
+    unsafe extern "C" {
+        fn setsockopt(fd: i32, level: i32, name: i32, val: *const i32, len: u32) -> i32;
+    }
+    let one = 1i32;
+    // SAFETY: a valid pointer to an int of the given length; a bad fd only fails.
+    unsafe { setsockopt(fd, 6, 12, &one, 4) };
 }
 
 /// Writes one HTTP chunk made of `parts` with vectored writes (the parts are not copied).
@@ -162,6 +177,9 @@ impl Producer {
         let closes: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
 
         let acks = self.acks;
+        let qa = self
+            .quickack
+            .then(|| std::os::fd::AsRawFd::as_raw_fd(rd.as_ref()));
         let closes_r = closes.clone();
         let reader = tokio::spawn(async move {
             let mut out = ProducerResult::default();
@@ -210,7 +228,11 @@ impl Producer {
                 if d.done {
                     break;
                 }
-                match rd.read(&mut tmp).await {
+                let got = rd.read(&mut tmp).await;
+                if let Some(fd) = qa {
+                    quickack(fd);
+                }
+                match got {
                     Ok(0) | Err(_) => break,
                     Ok(n) => len = n,
                 }

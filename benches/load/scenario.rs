@@ -34,6 +34,7 @@ pub struct Opts {
     pub windows: Option<usize>,
     pub starts: Option<usize>,
     pub objects: bool,
+    pub quickack: bool,
     /// Fragments of this many clusters ([`Sample::merged`]).
     pub merge: Option<usize>,
     pub no_baselines: bool,
@@ -51,6 +52,7 @@ struct Shape {
     pace: Pace,
     duration: u64,
     baseline: u64,
+    quickack: bool,
 }
 
 fn key() -> (String, String) {
@@ -96,6 +98,7 @@ pub async fn run(name: &str, o: &Opts) -> anyhow::Result<Value> {
         } else {
             o.baseline_duration.unwrap_or(baseline)
         },
+        quickack: o.quickack,
     };
     let mut r = match name {
         "one-stream" => ingest(o, shape(1, 0, Pace::Max, 20, 10)).await?,
@@ -194,6 +197,7 @@ async fn drive(
             start: t0 + stagger,
             frames,
             acks,
+            quickack: s.quickack && acks,
         };
         ptasks.push(tokio::spawn(p.run()));
     }
@@ -342,6 +346,7 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
             "duration_s": s.duration, "baseline_duration_s": s.baseline, "sample": sample.name,
             "sample_Mbps": sample.bitrate() / 1e6,
             "auth": if o.no_auth { "off" } else { "SigV4" },
+            "merge_clusters_per_fragment": o.merge.unwrap_or(1), "quickack": o.quickack,
         },
         "streamvault": svj,
     });
@@ -364,7 +369,9 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
         Err(e) => out["nginx"] = json!({"error": e.to_string()}),
     }
     // bare pipeline
-    let piece = (sample.pass_bytes / sample.clusters.len() as u64) as usize;
+    // Pieces of the mean fragment size (clusters per fragment with --merge).
+    let per_fragment = o.merge.unwrap_or(1).clamp(1, sample.clusters.len()) as u64;
+    let piece = (sample.pass_bytes * per_fragment / sample.clusters.len() as u64) as usize;
     let bare = Bare::start(dir.path().join("bare.ring"), piece)?;
     let bt = Target {
         addr: bare.addr,
