@@ -108,7 +108,7 @@ pub struct Producer {
 
 /// `setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, 1)`; Linux re-arms delayed ACKs on its
 /// own, so this is repeated after every read.
-fn quickack(fd: i32) {
+pub fn quickack(fd: i32) {
     unsafe extern "C" {
         fn setsockopt(fd: i32, level: i32, name: i32, val: *const i32, len: u32) -> i32;
     }

@@ -25,30 +25,29 @@ pub struct ReaderResult {
     pub failure: Option<String>,
 }
 
-/// Reads `stream` live from now until `until`. Latencies count only after `warm`
-/// (the first frames at connect time are a catch-up burst, not live tail).
-pub async fn read_live(
-    target: Target,
-    stream: String,
-    frames: Arc<FrameLog>,
-    warm: Instant,
-    until: Instant,
-) -> ReaderResult {
+/// One live reader: the stream, its producer's frame log, when latencies start to
+/// count (`warm`: the first frames at connect time are a catch-up burst, not live tail),
+/// when to stop, and whether to set TCP_QUICKACK after every read (`--quickack`).
+pub struct Live {
+    pub target: Target,
+    pub stream: String,
+    pub frames: Arc<FrameLog>,
+    pub warm: Instant,
+    pub until: Instant,
+    pub quickack: bool,
+}
+
+/// Reads the stream live from now until `until`.
+pub async fn read_live(l: Live) -> ReaderResult {
     let mut r = ReaderResult::default();
-    if let Err(e) = read_inner(&target, &stream, &frames, warm, until, &mut r).await {
-        r.failure = Some(format!("{stream}: {e}"));
+    if let Err(e) = read_inner(&l, &mut r).await {
+        r.failure = Some(format!("{}: {e}", l.stream));
     }
     r
 }
 
-async fn read_inner(
-    target: &Target,
-    stream: &str,
-    frames: &FrameLog,
-    warm: Instant,
-    until: Instant,
-    r: &mut ReaderResult,
-) -> anyhow::Result<()> {
+async fn read_inner(l: &Live, r: &mut ReaderResult) -> anyhow::Result<()> {
+    let (target, stream, frames, warm, until) = (&l.target, &l.stream, &l.frames, l.warm, l.until);
     let mut conn = TcpStream::connect(target.addr).await?;
     conn.set_nodelay(true)?;
     let body = serde_json::json!({
@@ -83,7 +82,12 @@ async fn read_inner(
         if left.is_zero() {
             break;
         }
-        match tokio::time::timeout(left.min(Duration::from_secs(30)), conn.read(&mut tmp)).await {
+        let got =
+            tokio::time::timeout(left.min(Duration::from_secs(30)), conn.read(&mut tmp)).await;
+        if l.quickack {
+            crate::producer::quickack(std::os::fd::AsRawFd::as_raw_fd(&conn));
+        }
+        match got {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => len = n,
         }

@@ -14,7 +14,7 @@ use crate::http::{JsonClient, Target, create_stream};
 use crate::mkv::Sample;
 use crate::procs::{self, Child};
 use crate::producer::{FrameLog, Pace, Producer, ProducerResult};
-use crate::reader::{ReaderResult, read_live};
+use crate::reader::{Live, ReaderResult, read_live};
 use crate::stats::{self, Samples};
 
 const KEY: (&str, &str) = (
@@ -174,13 +174,14 @@ async fn drive(
         let frames = (readers > 0).then(|| Arc::new(FrameLog::default()));
         for _ in 0..readers {
             let warm = t0 + Duration::from_secs(2);
-            rtasks.push(tokio::spawn(read_live(
-                target.clone(),
-                stream.clone(),
-                frames.clone().unwrap(),
+            rtasks.push(tokio::spawn(read_live(Live {
+                target: target.clone(),
+                stream: stream.clone(),
+                frames: frames.clone().unwrap(),
                 warm,
-                until + Duration::from_secs(2),
-            )));
+                until: until + Duration::from_secs(2),
+                quickack: s.quickack,
+            })));
         }
         // Paced producers start spread over one second, like independent cameras.
         let stagger = if s.pace == Pace::Max {
