@@ -381,11 +381,12 @@ pub async fn check_with(
     report.unreferenced_objects.sort();
     report.pending_garbage_rows = index.list_garbage(usize::MAX >> 1).await?.len();
     if let Some(root) = &opts.local_root {
-        report.staging_leftovers = crate::gc::staging_leftovers(root, std::time::Duration::ZERO)
-            .await?
-            .into_iter()
-            .map(|p| p.display().to_string())
-            .collect();
+        report.staging_leftovers =
+            crate::gc::staging_leftovers(root, std::time::Duration::ZERO, i64::MAX)
+                .await?
+                .into_iter()
+                .map(|p| p.display().to_string())
+                .collect();
     }
     Ok(report)
 }

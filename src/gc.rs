@@ -1,10 +1,11 @@
 //! The garbage sweeper: the second half of the delete protocols in
 //! `docs/design/storage.md`. It deletes the objects that garbage rows name (a whole
 //! stream's prefix after DeleteStream, or single objects after retention), then drops the
-//! rows; and at startup ([`Sweeper::recover`]) it removes orphans (objects of streams the
-//! index no longer knows, fragment objects without a row, and the local backend's staged
-//! writes a crash left behind) once they are older than `gc.orphan_min_age`, so an
-//! upload in flight is never touched.
+//! rows; and at startup ([`Sweeper::recover`], in the background) it removes orphans
+//! (objects of streams the index no longer knows, fragment objects without a row, and the
+//! local backend's staged writes a crash left behind) that are older than
+//! `gc.orphan_min_age` and predate the server's start, so an upload in flight is never
+//! touched.
 //!
 //! Object ages are measured against the system clock, not the injected [`Clock`]: they
 //! are the store's own modification times, so comparing them with simulated time would
@@ -147,43 +148,85 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Deletes objects with no index row that are older than the minimum age.
-    pub async fn sweep_orphans(&self) -> anyhow::Result<usize> {
+    /// Deletes objects with no index row that are older than the minimum age and were
+    /// last modified before `before_ms` (system time; see [`Sweeper::recover`]).
+    ///
+    /// The index is read once per stream, in seq order, and merged with the sorted
+    /// candidate list (not one lookup per object: a million objects would take a minute).
+    pub async fn sweep_orphans(&self, before_ms: i64) -> anyhow::Result<usize> {
+        self.sweep_orphans_paged(before_ms, 10_000).await
+    }
+
+    async fn sweep_orphans_paged(&self, before_ms: i64, page: usize) -> anyhow::Result<usize> {
         let live: HashSet<String> = self.index.stream_ids().await?.into_iter().collect();
-        let cutoff = SystemClock.now_ms() - self.orphan_min_age.as_millis() as i64;
-        let mut deleted = 0;
+        let old_enough = SystemClock.now_ms() - self.orphan_min_age.as_millis() as i64;
+        // Candidates: old enough; per stream, by seq.
+        let mut unparsed = Vec::new();
+        let mut by_stream: std::collections::BTreeMap<String, Vec<(u64, String)>> =
+            Default::default();
         for o in self.store.list(None).await? {
-            if o.last_modified_ms > cutoff {
+            if o.last_modified_ms > old_enough || o.last_modified_ms >= before_ms {
                 continue;
             }
-            let orphan =
-                match keys::parse_fragment_key(&object_store::path::Path::from(o.key.as_str())) {
-                    Some((sid, seq)) => {
-                        !live.contains(&sid) || self.index.get_fragment(&sid, seq).await?.is_none()
-                    }
-                    None => true,
-                };
-            if orphan {
-                tracing::info!(key = %o.key, "deleting orphan object");
-                self.store.delete(&o.key).await?;
-                deleted += 1;
+            match keys::parse_fragment_key(&object_store::path::Path::from(o.key.as_str())) {
+                Some((sid, seq)) => by_stream.entry(sid).or_default().push((seq, o.key)),
+                None => unparsed.push(o.key),
             }
+        }
+        let mut orphans = unparsed;
+        for (sid, mut cands) in by_stream {
+            if !live.contains(&sid) {
+                orphans.extend(cands.into_iter().map(|(_, k)| k));
+                continue;
+            }
+            cands.sort_unstable();
+            let mut rows: Vec<u64> = Vec::new();
+            let (mut next_row, mut after) = (0usize, None);
+            for (seq, key) in cands {
+                // Advance the row cursor to the first row seq >= seq, paging as needed.
+                loop {
+                    while next_row < rows.len() && rows[next_row] < seq {
+                        next_row += 1;
+                    }
+                    if next_row < rows.len() {
+                        break;
+                    }
+                    let batch = self.index.fragments_after(&sid, after, page).await?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    after = batch.last().map(|f| f.seq);
+                    rows = batch.into_iter().map(|f| f.seq).collect();
+                    next_row = 0;
+                }
+                if rows.get(next_row) != Some(&seq) {
+                    orphans.push(key);
+                }
+            }
+        }
+        let mut deleted = 0;
+        for key in orphans {
+            tracing::info!(key = %key, "deleting orphan object");
+            self.store.delete(&key).await?;
+            deleted += 1;
         }
         Ok(deleted)
     }
 
     /// Startup recovery of the object store (`docs/design/storage.md`): orphans and the
-    /// local backend's interrupted staged writes. The server runs it before it accepts
-    /// requests, so no upload of this node is in flight; the minimum age protects
+    /// local backend's interrupted staged writes. It runs in the background while the
+    /// server already serves, so it only touches objects and staged files last modified
+    /// before `started_ms` (the server's start, system time): an upload of this process
+    /// is never in its scope, whatever `gc.orphan_min_age` is; the minimum age protects
     /// uploads of other nodes sharing the store. Pending garbage rows are completed by
     /// the background loop right after.
-    pub async fn recover(&self) -> anyhow::Result<SweepReport> {
+    pub async fn recover(&self, started_ms: i64) -> anyhow::Result<SweepReport> {
         let mut report = SweepReport {
-            orphans_deleted: self.sweep_orphans().await?,
+            orphans_deleted: self.sweep_orphans(started_ms).await?,
             ..SweepReport::default()
         };
         if let Some(root) = &self.local_root {
-            let leftovers = staging_leftovers(root, self.orphan_min_age).await?;
+            let leftovers = staging_leftovers(root, self.orphan_min_age, started_ms).await?;
             for p in &leftovers {
                 tracing::info!(path = %p.display(), "deleting interrupted staged write");
                 match tokio::fs::remove_file(p).await {
@@ -196,14 +239,27 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Runs until `stop` fires: a garbage sweep at start, then every `interval` or when
-    /// triggered.
+    /// Runs until `stop` fires: startup recovery first when `recover_first` holds the
+    /// server's start time (a trigger's `run_now` issued meanwhile completes only after
+    /// it), a garbage sweep, then a sweep every `interval` or when triggered.
     pub async fn run(
         self,
+        recover_first: Option<i64>,
         interval: Duration,
         trigger: Trigger,
         stop: tokio_util::sync::CancellationToken,
     ) {
+        if let Some(started_ms) = recover_first {
+            match self.recover(started_ms).await {
+                Ok(r) if r.orphans_deleted + r.staging_files_deleted > 0 => tracing::info!(
+                    orphans = r.orphans_deleted,
+                    staged = r.staging_files_deleted,
+                    "startup recovery removed objects without index rows"
+                ),
+                Ok(_) => tracing::debug!("startup recovery found nothing to remove"),
+                Err(e) => tracing::warn!(error = %e, "startup recovery of the object store failed"),
+            }
+        }
         loop {
             let n = trigger.begin();
             match self.sweep_garbage().await {
@@ -241,6 +297,7 @@ fn is_staging_name(name: &str) -> bool {
 pub async fn staging_leftovers(
     root: &std::path::Path,
     min_age: Duration,
+    before_ms: i64,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let base = root.join(keys::all_streams_prefix().as_ref());
     tokio::task::spawn_blocking(move || {
@@ -259,13 +316,14 @@ pub async fn staging_leftovers(
                 if ft.is_dir() {
                     stack.push(entry.path());
                 } else if ft.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
-                    let age = entry
-                        .metadata()?
-                        .modified()
-                        .ok()
+                    let modified = entry.metadata()?.modified().ok();
+                    let age = modified
                         .and_then(|m| now.duration_since(m).ok())
                         .unwrap_or_default();
-                    if age >= min_age {
+                    let modified_ms = modified
+                        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map_or(i64::MAX, |d| d.as_millis() as i64);
+                    if age >= min_age && modified_ms < before_ms {
                         out.push(entry.path());
                     }
                 }
@@ -345,5 +403,94 @@ mod tests {
             assert!(passes.load(Ordering::SeqCst) > i);
         }
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn orphan_sweep_merges_with_the_index_and_spares_new_objects() {
+        use crate::index::sqlite::SqliteIndex;
+        use crate::index::{FragmentRecord, NewStream};
+        use object_store::{ObjectStore, ObjectStoreExt};
+        const SID: &str = "0000000000000000000000000000000a";
+        const GONE: &str = "0000000000000000000000000000000b";
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(SqliteIndex::open(&dir.path().join("i.db")).unwrap());
+        index
+            .create_stream(
+                NewStream {
+                    stream_id: SID.into(),
+                    name: crate::model::StreamName::parse("cam").unwrap(),
+                    device_name: None,
+                    media_type: None,
+                    kms_key_id: "k".into(),
+                    version: "v1".into(),
+                    creation_ms: 1000,
+                    retention_hours: 24,
+                    wrapped_key: vec![1; 60],
+                    tags: Default::default(),
+                },
+                10,
+            )
+            .await
+            .unwrap();
+        for seq in [1u64, 3, 4, 5, 9] {
+            index
+                .insert_fragment(FragmentRecord {
+                    stream_id: SID.into(),
+                    seq,
+                    session_id: 1,
+                    producer_ts_ms: seq as i64,
+                    server_ts_ms: SystemClock.now_ms(),
+                    duration_ms: 1,
+                    producer_timecode: 0,
+                    size: 1,
+                    object_key: keys::fragment_key(SID, seq).to_string(),
+                    object_size: 1,
+                    content_hash: "00".into(),
+                    metadata: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let objects: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let put = |k: object_store::path::Path| {
+            let o = objects.clone();
+            async move { o.put(&k, b"x".to_vec().into()).await.unwrap() }
+        };
+        // Rows 1, 3, 4, 5, 9; objects 1..=10 of the stream, one of a deleted stream and
+        // one unparseable key: orphans are 2, 6, 7, 8, 10 and the other two.
+        for seq in 1..=10 {
+            put(keys::fragment_key(SID, seq)).await;
+        }
+        put(keys::fragment_key(GONE, 1)).await;
+        put(object_store::path::Path::from("streams/junk")).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let started = SystemClock.now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        put(keys::fragment_key(SID, 11)).await; // written after the start: spared
+        let sweeper = Sweeper {
+            index: index.clone(),
+            store: FragmentStore::new(
+                objects.clone(),
+                Arc::new(crate::store::Keyring::ephemeral("k")),
+            ),
+            orphan_min_age: Duration::ZERO,
+            local_root: None,
+        };
+        // A page of 2 rows makes the merge cross page boundaries.
+        assert_eq!(sweeper.sweep_orphans_paged(started, 2).await.unwrap(), 7);
+        let mut left: Vec<String> = sweeper
+            .store
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        left.sort();
+        let want: Vec<String> = [1u64, 3, 4, 5, 9, 11]
+            .iter()
+            .map(|&s| keys::fragment_key(SID, s).to_string())
+            .collect();
+        assert_eq!(left, want);
     }
 }

@@ -170,8 +170,9 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes. Startup recovery of the object
-    /// store (orphans, interrupted staged writes) runs first, before any request is
-    /// accepted; pending garbage rows are completed by the sweeper right after.
+    /// store (orphans, interrupted staged writes from before this start) runs in the
+    /// background while requests are served; pending garbage rows are completed by the
+    /// sweeper right after.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -208,17 +209,15 @@ impl Server {
             orphan_min_age: self.settings.gc.orphan_min_age,
             local_root: self.local_root.clone(),
         };
-        match sweeper.recover().await {
-            Ok(r) if r.orphans_deleted + r.staging_files_deleted > 0 => tracing::info!(
-                orphans = r.orphans_deleted,
-                staged = r.staging_files_deleted,
-                "startup recovery removed objects without index rows"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "startup recovery of the object store failed"),
-        }
-        let gc_task =
-            tokio::spawn(sweeper.run(self.settings.gc.interval, self.gc.clone(), stop.clone()));
+        // Recovery runs in the background, so a large store does not delay start-up; it
+        // only touches objects from before this moment (see `Sweeper::recover`).
+        let started_ms = crate::clock::Clock::now_ms(&SystemClock);
+        let gc_task = tokio::spawn(sweeper.run(
+            Some(started_ms),
+            self.settings.gc.interval,
+            self.gc.clone(),
+            stop.clone(),
+        ));
         let retention = Retention {
             index: self.index.clone(),
             store: self.catalog.store().clone(),
@@ -246,6 +245,12 @@ impl Server {
             tokio::spawn(signal);
             crate::tls::serve(listener, acceptor, app, stop.clone(), SHUTDOWN_GRACE).await;
         } else {
+            // No Nagle: ack lines and live-tail frames are small writes that must go out at
+            // once, not wait for the peer's delayed ACK (tens of ms per write).
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
             let serving = tokio::spawn(async move { serving.await });
             let mut serving = std::pin::pin!(serving);

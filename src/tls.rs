@@ -62,6 +62,8 @@ pub async fn serve(
                 }
             },
         };
+        // Small writes (acks, live frames) go out at once; see `server.rs`.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
         tracker.spawn(async move {
             let tls =

@@ -142,11 +142,12 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
 
     // Restart: recovery deletes the objects without rows (min age 0 here); every
     // acknowledged fragment is still there, bit for bit.
-    let (srv, _h, _f) = faulty_server(tmp.path(), |s| {
+    let (srv, h, _f) = faulty_server(tmp.path(), |s| {
         s.gc.orphan_min_age = Duration::ZERO;
     })
     .await;
-    create(&srv, "after-restart", 24).await; // the server is up, recovery has run
+    create(&srv, "after-restart", 24).await; // the server serves while recovery runs
+    h.sweep().await; // the first sweep pass comes after recovery
     assert_eq!(dd.store.list(Some(&sid)).await.unwrap().len(), 17);
     let report = streamvault::check::check(&dd.index, &dd.store, true)
         .await
