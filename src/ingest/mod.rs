@@ -77,9 +77,10 @@ pub struct LiveSnapshot {
     pub fragments: Vec<LiveFragment>,
 }
 
-/// Completed fragments kept for live readers: enough to cover the persist queue, so a
-/// reader switching from storage to live never misses a fragment that is complete but
-/// not yet listed; also the whole live buffer of retention-0 streams.
+/// Completed fragments kept for live readers: the persist queue (complete but not yet
+/// listed; a fragment leaves at PERSISTED), so a reader switching from storage to live
+/// never misses one; also the whole live buffer of retention-0 streams, which never
+/// persist. Bounded by count and bytes either way.
 const RECENT_FRAGMENTS: usize = 8;
 const RECENT_BYTES: usize = 64 << 20;
 
@@ -122,7 +123,10 @@ impl LiveState {
                 self.open.take_if(|f| f.info.seq == *seq);
                 self.recent.retain(|f| f.info.seq != *seq);
             }
-            LiveEvent::FragmentPersisted { .. } => {}
+            // Listed now: a reader's catch-up after subscribing finds it in the index, so
+            // memory need not hold it (this keeps a stream's live state to the open
+            // fragment and the persist queue, instead of the last 8 fragments).
+            LiveEvent::FragmentPersisted { seq } => self.recent.retain(|f| f.info.seq != *seq),
         }
     }
 }
