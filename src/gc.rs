@@ -250,13 +250,18 @@ impl Sweeper {
         stop: tokio_util::sync::CancellationToken,
     ) {
         if let Some(started_ms) = recover_first {
+            let t0 = std::time::Instant::now();
             match self.recover(started_ms).await {
                 Ok(r) if r.orphans_deleted + r.staging_files_deleted > 0 => tracing::info!(
                     orphans = r.orphans_deleted,
                     staged = r.staging_files_deleted,
+                    seconds = t0.elapsed().as_secs_f64(),
                     "startup recovery removed objects without index rows"
                 ),
-                Ok(_) => tracing::debug!("startup recovery found nothing to remove"),
+                Ok(_) => tracing::info!(
+                    seconds = t0.elapsed().as_secs_f64(),
+                    "startup recovery done: nothing to remove"
+                ),
                 Err(e) => tracing::warn!(error = %e, "startup recovery of the object store failed"),
             }
         }
