@@ -150,6 +150,28 @@ pub struct FragmentRecord {
     pub metadata: Vec<(String, String)>,
 }
 
+/// The part of a [`FragmentRecord`] a fragment listing shows: no strings, no metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentTimes {
+    pub seq: u64,
+    pub producer_ts_ms: EpochMillis,
+    pub server_ts_ms: EpochMillis,
+    pub duration_ms: i64,
+    pub size: u64,
+}
+
+impl From<&FragmentRecord> for FragmentTimes {
+    fn from(f: &FragmentRecord) -> Self {
+        Self {
+            seq: f.seq,
+            producer_ts_ms: f.producer_ts_ms,
+            server_ts_ms: f.server_ts_ms,
+            duration_ms: f.duration_ms,
+            size: f.size,
+        }
+    }
+}
+
 /// One upload session: the producer's header elements, sealed with the stream's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -259,6 +281,17 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>>;
+    /// [`Index::fragments_in_range`] reading only the columns of [`FragmentTimes`]
+    /// (ListFragments pages).
+    async fn fragment_times_in_range(
+        &self,
+        stream_id: &str,
+        kind: TimestampKind,
+        start_ms: EpochMillis,
+        end_ms: EpochMillis,
+        after: Option<(EpochMillis, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentTimes>>;
     /// The last fragment of the stream, if any.
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>>;
     /// Every fragment row, in (stream_id, seq) order after the cursor; for `check`.

@@ -163,6 +163,33 @@ impl SqliteIndex {
         .map_err(db_err)?
     }
 
+    /// Runs one of the `*_IN_*_RANGE` statements: rows whose timestamp lies in
+    /// `[start, end]`, strictly after the `(timestamp, seq)` cursor, at most `limit`.
+    async fn range_query<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        stream_id: &str,
+        (start_ms, end_ms, after, limit): (
+            EpochMillis,
+            EpochMillis,
+            Option<(EpochMillis, u64)>,
+            usize,
+        ),
+        decode: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> IndexResult<Vec<T>> {
+        let id = stream_id.to_owned();
+        let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
+        // `(ts, seq) > (after_ts, after_seq)` implies `ts >= after_ts`: starting the index
+        // range there skips the rows of the earlier pages (same rows selected).
+        let start_ms = start_ms.max(after_ts);
+        let now = self.view_now();
+        self.read(move |c| {
+            let args = params![id, start_ms, end_ms, after_ts, after_seq, now];
+            query_rows(c, sql, args, limit, decode)
+        })
+        .await
+    }
+
     /// Closes both connections, checkpointing the WAL; used at shutdown.
     pub fn close(&self) {
         if let Ok(c) = self.writer.lock() {
@@ -593,25 +620,31 @@ impl Index for SqliteIndex {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>> {
-        let id = stream_id.to_owned();
         let sql = match kind {
             TimestampKind::Producer => FRAGMENTS_IN_PRODUCER_RANGE,
             TimestampKind::Server => FRAGMENTS_IN_SERVER_RANGE,
         };
-        let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
-        // `(ts, seq) > (after_ts, after_seq)` implies `ts >= after_ts`: starting the index
-        // range there skips the rows of the earlier pages (same rows selected).
-        let start_ms = start_ms.max(after_ts);
-        let now = self.view_now();
-        self.read(move |c| {
-            query_fragments(
-                c,
-                sql,
-                params![id, start_ms, end_ms, after_ts, after_seq, now],
-                limit,
-            )
-        })
-        .await
+        let range = (start_ms, end_ms, after, limit);
+        self.range_query(sql, stream_id, range, fragment_from_row)
+            .await
+    }
+
+    async fn fragment_times_in_range(
+        &self,
+        stream_id: &str,
+        kind: TimestampKind,
+        start_ms: EpochMillis,
+        end_ms: EpochMillis,
+        after: Option<(EpochMillis, u64)>,
+        limit: usize,
+    ) -> IndexResult<Vec<FragmentTimes>> {
+        let sql = match kind {
+            TimestampKind::Producer => TIMES_IN_PRODUCER_RANGE,
+            TimestampKind::Server => TIMES_IN_SERVER_RANGE,
+        };
+        let range = (start_ms, end_ms, after, limit);
+        self.range_query(sql, stream_id, range, times_from_row)
+            .await
     }
 
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>> {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, Row};
 
-use super::{FragmentRecord, IndexResult, StreamName, StreamRecord, StreamStatus};
+use super::{FragmentRecord, FragmentTimes, IndexResult, StreamName, StreamRecord, StreamStatus};
 
 macro_rules! stream_cols {
     () => {
@@ -100,11 +100,11 @@ pub(super) const FRAGMENTS_AFTER: &str = concat!(
 
 /// `?1` stream, `?2`..`?3` the inclusive timestamp range, `(?4, ?5)` the (timestamp, seq)
 /// of the last row of the previous page, `?6` retention-view now; paged by the caller.
-macro_rules! fragments_in_range {
-    ($col:literal) => {
+macro_rules! in_range {
+    ($cols:expr, $col:literal) => {
         concat!(
             "SELECT ",
-            fragment_cols!(),
+            $cols,
             " FROM fragments WHERE stream_id = ?1 AND ",
             $col,
             " >= ?2 AND ",
@@ -120,9 +120,20 @@ macro_rules! fragments_in_range {
     };
 }
 
-pub(super) const FRAGMENTS_IN_PRODUCER_RANGE: &str = fragments_in_range!("producer_ts_ms");
+pub(super) const FRAGMENTS_IN_PRODUCER_RANGE: &str = in_range!(fragment_cols!(), "producer_ts_ms");
 
-pub(super) const FRAGMENTS_IN_SERVER_RANGE: &str = fragments_in_range!("server_ts_ms");
+pub(super) const FRAGMENTS_IN_SERVER_RANGE: &str = in_range!(fragment_cols!(), "server_ts_ms");
+
+/// The columns [`times_from_row`] decodes, in order.
+macro_rules! times_cols {
+    () => {
+        "seq, producer_ts_ms, server_ts_ms, duration_ms, size"
+    };
+}
+
+pub(super) const TIMES_IN_PRODUCER_RANGE: &str = in_range!(times_cols!(), "producer_ts_ms");
+
+pub(super) const TIMES_IN_SERVER_RANGE: &str = in_range!(times_cols!(), "server_ts_ms");
 
 /// `?1` stream, `?2` retention-view now.
 pub(super) const LAST_FRAGMENT: &str = concat!(
@@ -164,7 +175,17 @@ pub(super) fn stream_from_row(r: &Row) -> rusqlite::Result<StreamRecord> {
     })
 }
 
-fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
+pub(super) fn times_from_row(r: &Row) -> rusqlite::Result<FragmentTimes> {
+    Ok(FragmentTimes {
+        seq: r.get::<_, i64>(0)? as u64,
+        producer_ts_ms: r.get(1)?,
+        server_ts_ms: r.get(2)?,
+        duration_ms: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+    })
+}
+
+pub(super) fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
     // Most fragments carry no metadata tags: skip the JSON parser for the empty list.
     let metadata = match r.get_ref(11)?.as_str()? {
         "[]" => Vec::new(),
@@ -194,12 +215,23 @@ pub(super) fn query_fragments(
     args: impl rusqlite::Params,
     limit: usize,
 ) -> IndexResult<Vec<FragmentRecord>> {
+    query_rows(c, sql, args, limit, fragment_from_row)
+}
+
+/// Runs the cached statement `sql` and decodes at most `limit` rows with `decode`.
+pub(super) fn query_rows<T>(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    limit: usize,
+    decode: fn(&Row) -> rusqlite::Result<T>,
+) -> IndexResult<Vec<T>> {
     let mut st = c.prepare_cached(sql).map_err(super::db_err)?;
     let mut rows = st.query(args).map_err(super::db_err)?;
     let mut out = Vec::with_capacity(limit.min(1024));
     while out.len() < limit {
         match rows.next().map_err(super::db_err)? {
-            Some(r) => out.push(fragment_from_row(r).map_err(super::db_err)?),
+            Some(r) => out.push(decode(r).map_err(super::db_err)?),
             None => break,
         }
     }

@@ -366,6 +366,8 @@ async fn hot_statements_walk_an_index_in_order() {
             .unwrap();
     }
     let hot = [
+        TIMES_IN_PRODUCER_RANGE,
+        TIMES_IN_SERVER_RANGE,
         FIND_BY_CONTENT,
         GET_FRAGMENT,
         FRAGMENTS_AFTER,
@@ -393,6 +395,7 @@ async fn hot_statements_walk_an_index_in_order() {
         }
         let plan = |sql: &str| query_plan(&c, sql).join("; ");
         assert!(plan(FRAGMENTS_IN_SERVER_RANGE).contains("fragments_by_server"));
+        assert!(plan(TIMES_IN_SERVER_RANGE).contains("fragments_by_server"));
         assert!(plan(FRAGMENTS_IN_PRODUCER_RANGE).contains("fragments_by_producer"));
         assert!(plan(FIND_BY_CONTENT).contains(
             "fragments_by_content (stream_id=? AND producer_ts_ms=? AND content_hash=?)"
@@ -420,6 +423,14 @@ async fn range_pages_continue_after_ties_and_stop_at_the_limit() {
             .await
             .unwrap();
         assert!(page.len() <= 4);
+        let times = idx
+            .fragment_times_in_range(A, TimestampKind::Producer, 1000, 8000, after, 4)
+            .await
+            .unwrap();
+        assert_eq!(
+            times,
+            page.iter().map(FragmentTimes::from).collect::<Vec<_>>()
+        );
         let Some(last) = page.last() else { break };
         after = Some((last.producer_ts_ms, last.seq));
         seen.extend(page.iter().map(|f| f.seq));
