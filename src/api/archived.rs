@@ -15,7 +15,7 @@ use super::json::KvsJson;
 use super::media::own_fragment_seq;
 use crate::clock::{EpochSecs, epoch_ms_from_json_secs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::index::{FragmentTimes, StreamRecord, TimestampKind};
+use crate::index::{FragmentTimes, RangePage, StreamRecord, TimestampKind};
 use crate::media::chunk;
 use crate::model::FragmentNumber;
 use crate::store::BlobKind;
@@ -215,11 +215,13 @@ async fn list_fragments(
         .index()
         .fragment_times_in_range(
             &stream.stream_id,
-            cursor.kind,
-            cursor.start_ms,
-            cursor.end_ms,
-            cursor.after,
-            limit + 1,
+            RangePage {
+                kind: cursor.kind,
+                start_ms: cursor.start_ms,
+                end_ms: cursor.end_ms,
+                after: cursor.after,
+                limit: limit + 1,
+            },
         )
         .await?;
     let more = rows.len() > limit;

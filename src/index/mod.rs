@@ -150,6 +150,17 @@ pub struct FragmentRecord {
     pub metadata: Vec<(String, String)>,
 }
 
+/// One page of a timestamp-range read: `kind` timestamps in `[start_ms, end_ms]`, in
+/// (timestamp, seq) order, strictly after the cursor `after` when given, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangePage {
+    pub kind: TimestampKind,
+    pub start_ms: EpochMillis,
+    pub end_ms: EpochMillis,
+    pub after: Option<(EpochMillis, u64)>,
+    pub limit: usize,
+}
+
 /// The part of a [`FragmentRecord`] a fragment listing shows: no strings, no metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FragmentTimes {
@@ -281,16 +292,12 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>>;
-    /// [`Index::fragments_in_range`] reading only the columns of [`FragmentTimes`]
-    /// (ListFragments pages).
+    /// The same rows as [`Index::fragments_in_range`] for `page`, reading only the
+    /// columns of [`FragmentTimes`] (ListFragments pages).
     async fn fragment_times_in_range(
         &self,
         stream_id: &str,
-        kind: TimestampKind,
-        start_ms: EpochMillis,
-        end_ms: EpochMillis,
-        after: Option<(EpochMillis, u64)>,
-        limit: usize,
+        page: RangePage,
     ) -> IndexResult<Vec<FragmentTimes>>;
     /// The last fragment of the stream, if any.
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>>;

@@ -163,26 +163,28 @@ impl SqliteIndex {
         .map_err(db_err)?
     }
 
-    /// Runs one of the `*_IN_*_RANGE` statements: rows whose timestamp lies in
-    /// `[start, end]`, strictly after the `(timestamp, seq)` cursor, at most `limit`.
+    /// Runs the `(producer, server)` statement of `sqls` that `page.kind` selects (one
+    /// of the `*_IN_*_RANGE` pairs) for `page`, decoding rows with `decode`.
     async fn range_query<T: Send + 'static>(
         &self,
-        sql: &'static str,
+        sqls: (&'static str, &'static str),
         stream_id: &str,
-        (start_ms, end_ms, after, limit): (
-            EpochMillis,
-            EpochMillis,
-            Option<(EpochMillis, u64)>,
-            usize,
-        ),
+        page: RangePage,
         decode: fn(&rusqlite::Row) -> rusqlite::Result<T>,
     ) -> IndexResult<Vec<T>> {
+        let sql = match page.kind {
+            TimestampKind::Producer => sqls.0,
+            TimestampKind::Server => sqls.1,
+        };
         let id = stream_id.to_owned();
-        let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
+        let (after_ts, after_seq) = page
+            .after
+            .map(|(t, s)| (t, s as i64))
+            .unwrap_or((i64::MIN, -1));
         // `(ts, seq) > (after_ts, after_seq)` implies `ts >= after_ts`: starting the index
         // range there skips the rows of the earlier pages (same rows selected).
-        let start_ms = start_ms.max(after_ts);
-        let now = self.view_now();
+        let start_ms = page.start_ms.max(after_ts);
+        let (end_ms, limit, now) = (page.end_ms, page.limit, self.view_now());
         self.read(move |c| {
             let args = params![id, start_ms, end_ms, after_ts, after_seq, now];
             query_rows(c, sql, args, limit, decode)
@@ -620,30 +622,25 @@ impl Index for SqliteIndex {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>> {
-        let sql = match kind {
-            TimestampKind::Producer => FRAGMENTS_IN_PRODUCER_RANGE,
-            TimestampKind::Server => FRAGMENTS_IN_SERVER_RANGE,
+        let page = RangePage {
+            kind,
+            start_ms,
+            end_ms,
+            after,
+            limit,
         };
-        let range = (start_ms, end_ms, after, limit);
-        self.range_query(sql, stream_id, range, fragment_from_row)
+        let sqls = (FRAGMENTS_IN_PRODUCER_RANGE, FRAGMENTS_IN_SERVER_RANGE);
+        self.range_query(sqls, stream_id, page, fragment_from_row)
             .await
     }
 
     async fn fragment_times_in_range(
         &self,
         stream_id: &str,
-        kind: TimestampKind,
-        start_ms: EpochMillis,
-        end_ms: EpochMillis,
-        after: Option<(EpochMillis, u64)>,
-        limit: usize,
+        page: RangePage,
     ) -> IndexResult<Vec<FragmentTimes>> {
-        let sql = match kind {
-            TimestampKind::Producer => TIMES_IN_PRODUCER_RANGE,
-            TimestampKind::Server => TIMES_IN_SERVER_RANGE,
-        };
-        let range = (start_ms, end_ms, after, limit);
-        self.range_query(sql, stream_id, range, times_from_row)
+        let sqls = (TIMES_IN_PRODUCER_RANGE, TIMES_IN_SERVER_RANGE);
+        self.range_query(sqls, stream_id, page, times_from_row)
             .await
     }
 

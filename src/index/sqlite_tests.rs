@@ -423,10 +423,14 @@ async fn range_pages_continue_after_ties_and_stop_at_the_limit() {
             .await
             .unwrap();
         assert!(page.len() <= 4);
-        let times = idx
-            .fragment_times_in_range(A, TimestampKind::Producer, 1000, 8000, after, 4)
-            .await
-            .unwrap();
+        let page_of_4 = RangePage {
+            kind: TimestampKind::Producer,
+            start_ms: 1000,
+            end_ms: 8000,
+            after,
+            limit: 4,
+        };
+        let times = idx.fragment_times_in_range(A, page_of_4).await.unwrap();
         assert_eq!(
             times,
             page.iter().map(FragmentTimes::from).collect::<Vec<_>>()
