@@ -66,8 +66,38 @@ pub fn format_epoch_secs(ms: EpochMillis) -> String {
 
 /// Epoch milliseconds as the JSON number (epoch seconds, ≤ 3 decimals) the AWS SDKs parse.
 pub fn epoch_secs_json(ms: EpochMillis) -> serde_json::Value {
+    match epoch_secs_number(ms) {
+        SecsNumber::Int(i) => serde_json::Value::from(i),
+        SecsNumber::Float(x) => serde_json::Value::from(x),
+    }
+}
+
+/// Epoch milliseconds that serialize as the same JSON number as [`epoch_secs_json`], byte
+/// for byte, without building a `serde_json::Value` (for `#[derive(Serialize)]` responses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochSecs(pub EpochMillis);
+
+impl serde::Serialize for EpochSecs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `Value::from(i64)` serializes a non-negative integer as u64 and a negative one
+        // as i64, and a finite float through `serialize_f64`: the same calls here.
+        match epoch_secs_number(self.0) {
+            SecsNumber::Int(i) if i >= 0 => s.serialize_u64(i as u64),
+            SecsNumber::Int(i) => s.serialize_i64(i),
+            SecsNumber::Float(x) => s.serialize_f64(x),
+        }
+    }
+}
+
+/// The JSON number of an epoch-seconds timestamp: an integer on whole seconds.
+enum SecsNumber {
+    Int(i64),
+    Float(f64),
+}
+
+fn epoch_secs_number(ms: EpochMillis) -> SecsNumber {
     if ms % 1000 == 0 {
-        serde_json::Value::from(ms / 1000)
+        SecsNumber::Int(ms / 1000)
     } else {
         // serde_json prints the shortest representation that round-trips. The nearest
         // f64 to `secs.mmm` can sit just below it, and the AWS SDK for Rust floors
@@ -80,7 +110,7 @@ pub fn epoch_secs_json(ms: EpochMillis) -> serde_json::Value {
         } else {
             x.next_up()
         };
-        serde_json::Value::from(x)
+        SecsNumber::Float(x)
     }
 }
 
@@ -126,6 +156,19 @@ mod tests {
             Some(1_700_000_000_250)
         );
         assert_eq!(epoch_ms_from_json_secs(f64::NAN), None);
+    }
+
+    #[test]
+    fn epoch_secs_serializes_like_the_json_value() {
+        let mut cases: Vec<i64> = (1_795_632_709_000i64..1_795_632_711_001).collect();
+        cases.extend([0, 5, -5, -1000, -1_500, 1_700_000_000_000, i64::MAX / 2]);
+        for ms in cases {
+            assert_eq!(
+                serde_json::to_string(&EpochSecs(ms)).unwrap(),
+                epoch_secs_json(ms).to_string(),
+                "ms={ms}"
+            );
+        }
     }
 
     #[test]

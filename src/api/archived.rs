@@ -8,15 +8,14 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::json::KvsJson;
 use super::media::own_fragment_seq;
-use crate::clock::{epoch_ms_from_json_secs, epoch_secs_json};
+use crate::clock::{EpochSecs, epoch_ms_from_json_secs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
+use crate::index::{FragmentTimes, RangePage, StreamRecord, TimestampKind};
 use crate::media::chunk;
 use crate::model::FragmentNumber;
 use crate::store::BlobKind;
@@ -107,20 +106,50 @@ impl Cursor {
     }
 }
 
-fn fragment_json(stream: &StreamRecord, f: &FragmentRecord) -> Value {
-    json!({
-        "FragmentNumber": FragmentNumber::new(stream.creation_ms, f.seq).to_string(),
-        "FragmentSizeInBytes": f.size,
-        "ProducerTimestamp": epoch_secs_json(f.producer_ts_ms),
-        "ServerTimestamp": epoch_secs_json(f.server_ts_ms),
-        "FragmentLengthInMilliseconds": f.duration_ms,
-    })
+/// One fragment of a ListFragments page (kvs-api.md §5.1). The members are in
+/// alphabetical order, the order in which the earlier `serde_json::Value` maps wrote them:
+/// the wire bytes stay the same.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct FragmentOut {
+    fragment_length_in_milliseconds: i64,
+    #[serde(serialize_with = "display_str")]
+    fragment_number: FragmentNumber,
+    fragment_size_in_bytes: u64,
+    producer_timestamp: EpochSecs,
+    server_timestamp: EpochSecs,
+}
+
+impl FragmentOut {
+    fn new(stream: &StreamRecord, f: &FragmentTimes) -> Self {
+        Self {
+            fragment_length_in_milliseconds: f.duration_ms,
+            fragment_number: FragmentNumber::new(stream.creation_ms, f.seq),
+            fragment_size_in_bytes: f.size,
+            producer_timestamp: EpochSecs(f.producer_ts_ms),
+            server_timestamp: EpochSecs(f.server_ts_ms),
+        }
+    }
+}
+
+/// A fragment number as its JSON string, written straight into the output.
+fn display_str<S: serde::Serializer>(n: &FragmentNumber, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
+}
+
+/// The ListFragments response; `NextToken` is absent on the last page.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListFragmentsOutput {
+    fragments: Vec<FragmentOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
 }
 
 async fn list_fragments(
     State(state): State<AppState>,
     KvsJson(i): KvsJson<ListFragmentsInput>,
-) -> Result<Json<Value>> {
+) -> Result<Json<ListFragmentsOutput>> {
     let limit = i.max_results.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(Error::invalid(format!(
@@ -184,33 +213,37 @@ async fn list_fragments(
     let mut rows = state
         .catalog
         .index()
-        .fragments_in_range(
+        .fragment_times_in_range(
             &stream.stream_id,
-            cursor.kind,
-            cursor.start_ms,
-            cursor.end_ms,
-            cursor.after,
-            limit + 1,
+            RangePage {
+                kind: cursor.kind,
+                start_ms: cursor.start_ms,
+                end_ms: cursor.end_ms,
+                after: cursor.after,
+                limit: limit + 1,
+            },
         )
         .await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let list: Vec<Value> = rows.iter().map(|f| fragment_json(&stream, f)).collect();
-    let mut out = json!({ "Fragments": list });
+    let mut next_token = None;
     if more && let Some(last) = rows.last() {
         let ts = match cursor.kind {
             TimestampKind::Producer => last.producer_ts_ms,
             TimestampKind::Server => last.server_ts_ms,
         };
-        out["NextToken"] = json!(
+        next_token = Some(
             Cursor {
                 after: Some((ts, last.seq)),
                 ..cursor
             }
-            .token()
+            .token(),
         );
     }
-    Ok(Json(out))
+    Ok(Json(ListFragmentsOutput {
+        fragments: rows.iter().map(|f| FragmentOut::new(&stream, f)).collect(),
+        next_token,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -350,5 +383,72 @@ mod tests {
         assert_eq!(Cursor::parse(&t).unwrap(), c);
         assert!(Cursor::parse("bm9wZQ==").is_err());
         assert!(Cursor::parse("!!").is_err());
+    }
+
+    /// The response as the earlier `serde_json::Value` code built it.
+    fn value_response(
+        stream: &StreamRecord,
+        rows: &[FragmentTimes],
+        token: Option<&str>,
+    ) -> serde_json::Value {
+        use crate::clock::epoch_secs_json;
+        use serde_json::json;
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|f| {
+                json!({
+                    "FragmentNumber": FragmentNumber::new(stream.creation_ms, f.seq).to_string(),
+                    "FragmentSizeInBytes": f.size,
+                    "ProducerTimestamp": epoch_secs_json(f.producer_ts_ms),
+                    "ServerTimestamp": epoch_secs_json(f.server_ts_ms),
+                    "FragmentLengthInMilliseconds": f.duration_ms,
+                })
+            })
+            .collect();
+        let mut out = json!({ "Fragments": list });
+        if let Some(t) = token {
+            out["NextToken"] = json!(t);
+        }
+        out
+    }
+
+    #[test]
+    fn response_bytes_match_the_value_encoding() {
+        let stream = StreamRecord {
+            stream_id: "sid".into(),
+            name: crate::model::StreamName::parse("s").unwrap(),
+            device_name: None,
+            media_type: None,
+            kms_key_id: String::new(),
+            version: "v".into(),
+            status: crate::index::StreamStatus::Active,
+            creation_ms: 1_795_632_000_123,
+            retention_hours: 24,
+            wrapped_key: Vec::new(),
+            tags: Default::default(),
+        };
+        let rows: Vec<FragmentTimes> = (0..1500u64)
+            .map(|i| FragmentTimes {
+                seq: i * 7919,
+                producer_ts_ms: 1_795_632_709_000 + i as i64 * 333,
+                server_ts_ms: 1_795_632_709_369 + i as i64 * 1001,
+                duration_ms: 2000 - i as i64,
+                size: 129_414 + i * 1_000_000_007,
+            })
+            .collect();
+        for (rows, token) in [
+            (&rows[..], Some("djEgUyAxIDIgMyA0")),
+            (&rows[..], None),
+            (&rows[..0], None),
+        ] {
+            let ours = ListFragmentsOutput {
+                fragments: rows.iter().map(|f| FragmentOut::new(&stream, f)).collect(),
+                next_token: token.map(str::to_owned),
+            };
+            assert_eq!(
+                serde_json::to_vec(&ours).unwrap(),
+                serde_json::to_vec(&value_response(&stream, rows, token)).unwrap()
+            );
+        }
     }
 }

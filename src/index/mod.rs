@@ -150,6 +150,39 @@ pub struct FragmentRecord {
     pub metadata: Vec<(String, String)>,
 }
 
+/// One page of a timestamp-range read: `kind` timestamps in `[start_ms, end_ms]`, in
+/// (timestamp, seq) order, strictly after the cursor `after` when given, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangePage {
+    pub kind: TimestampKind,
+    pub start_ms: EpochMillis,
+    pub end_ms: EpochMillis,
+    pub after: Option<(EpochMillis, u64)>,
+    pub limit: usize,
+}
+
+/// The part of a [`FragmentRecord`] a fragment listing shows: no strings, no metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentTimes {
+    pub seq: u64,
+    pub producer_ts_ms: EpochMillis,
+    pub server_ts_ms: EpochMillis,
+    pub duration_ms: i64,
+    pub size: u64,
+}
+
+impl From<&FragmentRecord> for FragmentTimes {
+    fn from(f: &FragmentRecord) -> Self {
+        Self {
+            seq: f.seq,
+            producer_ts_ms: f.producer_ts_ms,
+            server_ts_ms: f.server_ts_ms,
+            duration_ms: f.duration_ms,
+            size: f.size,
+        }
+    }
+}
+
 /// One upload session: the producer's header elements, sealed with the stream's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -259,6 +292,13 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>>;
+    /// The same rows as [`Index::fragments_in_range`] for `page`, reading only the
+    /// columns of [`FragmentTimes`] (ListFragments pages).
+    async fn fragment_times_in_range(
+        &self,
+        stream_id: &str,
+        page: RangePage,
+    ) -> IndexResult<Vec<FragmentTimes>>;
     /// The last fragment of the stream, if any.
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>>;
     /// Every fragment row, in (stream_id, seq) order after the cursor; for `check`.

@@ -3,15 +3,18 @@
 //! connection, each behind a mutex and used from `spawn_blocking`. Schema changes are
 //! numbered migrations tracked in `PRAGMA user_version`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
 use crate::clock::SharedClock;
+
+#[path = "sqlite_sql.rs"]
+mod sql;
+use sql::*;
 
 /// Migrations, in order; `user_version` counts how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -160,6 +163,35 @@ impl SqliteIndex {
         .map_err(db_err)?
     }
 
+    /// Runs the `(producer, server)` statement of `sqls` that `page.kind` selects (one
+    /// of the `*_IN_*_RANGE` pairs) for `page`, decoding rows with `decode`.
+    async fn range_query<T: Send + 'static>(
+        &self,
+        sqls: (&'static str, &'static str),
+        stream_id: &str,
+        page: RangePage,
+        decode: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> IndexResult<Vec<T>> {
+        let sql = match page.kind {
+            TimestampKind::Producer => sqls.0,
+            TimestampKind::Server => sqls.1,
+        };
+        let id = stream_id.to_owned();
+        let (after_ts, after_seq) = page
+            .after
+            .map(|(t, s)| (t, s as i64))
+            .unwrap_or((i64::MIN, -1));
+        // `(ts, seq) > (after_ts, after_seq)` implies `ts >= after_ts`: starting the index
+        // range there skips the rows of the earlier pages (same rows selected).
+        let start_ms = page.start_ms.max(after_ts);
+        let (end_ms, limit, now) = (page.end_ms, page.limit, self.view_now());
+        self.read(move |c| {
+            let args = params![id, start_ms, end_ms, after_ts, after_seq, now];
+            query_rows(c, sql, args, limit, decode)
+        })
+        .await
+    }
+
     /// Closes both connections, checkpointing the WAL; used at shutdown.
     pub fn close(&self) {
         if let Ok(c) = self.writer.lock() {
@@ -188,31 +220,6 @@ fn migrate(c: &mut Connection) -> IndexResult<()> {
     Ok(())
 }
 
-const STREAM_COLS: &str = "stream_id, name, device_name, media_type, kms_key_id, version, creation_ms, retention_hours, wrapped_key";
-
-fn stream_from_row(r: &Row) -> rusqlite::Result<StreamRecord> {
-    let name: String = r.get(1)?;
-    Ok(StreamRecord {
-        stream_id: r.get(0)?,
-        name: StreamName::parse(&name).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                e.message.into(),
-            )
-        })?,
-        device_name: r.get(2)?,
-        media_type: r.get(3)?,
-        kms_key_id: r.get(4)?,
-        version: r.get(5)?,
-        status: StreamStatus::Active,
-        creation_ms: r.get(6)?,
-        retention_hours: r.get(7)?,
-        wrapped_key: r.get(8)?,
-        tags: BTreeMap::new(),
-    })
-}
-
 fn load_tags(c: &Connection, s: &mut StreamRecord) -> IndexResult<()> {
     let mut st = c
         .prepare_cached("SELECT tag_key, tag_value FROM stream_tags WHERE stream_id = ?1")
@@ -229,11 +236,11 @@ fn load_tags(c: &Connection, s: &mut StreamRecord) -> IndexResult<()> {
     Ok(())
 }
 
-fn stream_where(c: &Connection, clause: &str, arg: &str) -> IndexResult<Option<StreamRecord>> {
-    let sql = format!("SELECT {STREAM_COLS} FROM streams WHERE {clause} = ?1");
+/// The stream that `sql` ([`STREAM_BY_NAME`] or [`STREAM_BY_ID`]) selects, with its tags.
+fn stream_where(c: &Connection, sql: &str, arg: &str) -> IndexResult<Option<StreamRecord>> {
     let mut s = c
-        .query_row(&sql, [arg], stream_from_row)
-        .optional()
+        .prepare_cached(sql)
+        .and_then(|mut st| st.query_row([arg], stream_from_row).optional())
         .map_err(db_err)?;
     if let Some(s) = s.as_mut() {
         load_tags(c, s)?;
@@ -241,51 +248,10 @@ fn stream_where(c: &Connection, clause: &str, arg: &str) -> IndexResult<Option<S
     Ok(s)
 }
 
-const FRAGMENT_COLS: &str = "stream_id, seq, session_id, producer_ts_ms, server_ts_ms, duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata";
-
-fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
-    let meta: String = r.get(11)?;
-    Ok(FragmentRecord {
-        stream_id: r.get(0)?,
-        seq: r.get::<_, i64>(1)? as u64,
-        session_id: r.get::<_, i64>(2)? as u64,
-        producer_ts_ms: r.get(3)?,
-        server_ts_ms: r.get(4)?,
-        duration_ms: r.get(5)?,
-        producer_timecode: r.get(6)?,
-        size: r.get::<_, i64>(7)? as u64,
-        object_key: r.get(8)?,
-        object_size: r.get::<_, i64>(9)? as u64,
-        content_hash: r.get(10)?,
-        metadata: serde_json::from_str(&meta).unwrap_or_default(),
-    })
-}
-
-fn query_fragments(
-    c: &Connection,
-    sql: &str,
-    args: impl rusqlite::Params,
-) -> IndexResult<Vec<FragmentRecord>> {
-    let mut st = c.prepare_cached(sql).map_err(db_err)?;
-    let rows = st.query_map(args, fragment_from_row).map_err(db_err)?;
-    rows.collect::<Result<_, _>>().map_err(db_err)
-}
-
-/// `AND` clause that hides the expired fragments of stream `?{sid}` at time `?{now}`; a
-/// NULL `now` (the raw index) hides nothing. Every fragment read of the retention view
-/// goes through it: the one place expiry is applied to reads.
-fn visible(sid: usize, now: usize) -> String {
-    format!(
-        "AND (?{now} IS NULL OR server_ts_ms >= ?{now} - \
-         (SELECT s.retention_hours FROM streams s WHERE s.stream_id = ?{sid}) * 3600000)"
-    )
-}
-
 fn insert_fragment_row(c: &Connection, f: &FragmentRecord) -> IndexResult<()> {
     let meta = serde_json::to_string(&f.metadata).map_err(db_err)?;
-    let r = c.execute(
-        &format!("INSERT INTO fragments ({FRAGMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-        params![
+    let r = c.prepare_cached(INSERT_FRAGMENT).and_then(|mut st| {
+        st.execute(params![
             f.stream_id,
             f.seq as i64,
             f.session_id as i64,
@@ -298,8 +264,8 @@ fn insert_fragment_row(c: &Connection, f: &FragmentRecord) -> IndexResult<()> {
             f.object_size as i64,
             f.content_hash,
             meta
-        ],
-    );
+        ])
+    });
     match r {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _))
@@ -307,11 +273,7 @@ fn insert_fragment_row(c: &Connection, f: &FragmentRecord) -> IndexResult<()> {
         {
             // A primary-key clash, or the stream row is gone (foreign key).
             let stream_exists: bool = c
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM streams WHERE stream_id = ?1)",
-                    [&f.stream_id],
-                    |r| r.get(0),
-                )
+                .query_row(STREAM_EXISTS, [&f.stream_id], |r| r.get(0))
                 .map_err(db_err)?;
             if stream_exists {
                 Err(IndexError::DuplicateFragment {
@@ -336,12 +298,9 @@ fn find_by_content(
 ) -> IndexResult<Option<FragmentRecord>> {
     let mut v = query_fragments(
         c,
-        &format!(
-            "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND producer_ts_ms = ?2 AND content_hash = ?3
-             AND server_ts_ms >= ?4 {} ORDER BY seq LIMIT 1",
-            visible(1, 5)
-        ),
+        FIND_BY_CONTENT,
         params![stream_id, producer_ts_ms, content_hash, since_ms, now],
+        1,
     )?;
     Ok(v.pop())
 }
@@ -443,12 +402,13 @@ impl Index for SqliteIndex {
 
     async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>> {
         let name = name.as_str().to_owned();
-        self.read(move |c| stream_where(c, "name", &name)).await
+        self.read(move |c| stream_where(c, STREAM_BY_NAME, &name))
+            .await
     }
 
     async fn get_stream_by_id(&self, stream_id: &str) -> IndexResult<Option<StreamRecord>> {
         let id = stream_id.to_owned();
-        self.read(move |c| stream_where(c, "stream_id", &id)).await
+        self.read(move |c| stream_where(c, STREAM_BY_ID, &id)).await
     }
 
     async fn list_streams(
@@ -463,11 +423,7 @@ impl Index for SqliteIndex {
             // Names are [a-zA-Z0-9_.-], so a range scan implements BEGINS_WITH exactly
             // ('~' sorts after every allowed character).
             let upper = format!("{prefix}~");
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {STREAM_COLS} FROM streams WHERE name >= ?1 AND name < ?2 AND name > ?3 ORDER BY name LIMIT ?4"
-                ))
-                .map_err(db_err)?;
+            let mut st = c.prepare_cached(LIST_STREAMS).map_err(db_err)?;
             let rows = st
                 .query_map(params![prefix, upper, after, limit as i64], stream_from_row)
                 .map_err(db_err)?;
@@ -494,7 +450,7 @@ impl Index for SqliteIndex {
         );
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let cur = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
             match &update {
                 StreamUpdate::Metadata { device_name, media_type } => {
@@ -525,7 +481,7 @@ impl Index for SqliteIndex {
             }
             tx.execute("UPDATE streams SET version = ?2 WHERE stream_id = ?1", params![id, new_version])
                 .map_err(db_err)?;
-            let out = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            let out = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             tx.commit().map_err(db_err)?;
             Ok(out)
         })
@@ -541,7 +497,7 @@ impl Index for SqliteIndex {
         let (id, expected) = (stream_id.to_owned(), expected_version.map(str::to_owned));
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let cur = stream_where(&tx, "stream_id", &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
+            let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
             // Crypto-shred first: the wrapped data key is overwritten before the row goes,
             // so even a page of the old row surviving in the file holds no usable key.
@@ -638,14 +594,7 @@ impl Index for SqliteIndex {
         let id = stream_id.to_owned();
         let now = self.view_now();
         self.read(move |c| {
-            let mut v = query_fragments(
-                c,
-                &format!(
-                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq = ?2 {}",
-                    visible(1, 3)
-                ),
-                params![id, seq as i64, now],
-            )?;
+            let mut v = query_fragments(c, GET_FRAGMENT, params![id, seq as i64, now], 1)?;
             Ok(v.pop())
         })
         .await
@@ -660,17 +609,8 @@ impl Index for SqliteIndex {
         let id = stream_id.to_owned();
         let after = after_seq.map(|s| s as i64).unwrap_or(-1);
         let now = self.view_now();
-        self.read(move |c| {
-            query_fragments(
-                c,
-                &format!(
-                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND seq > ?2 {} ORDER BY seq LIMIT ?3",
-                    visible(1, 4)
-                ),
-                params![id, after, limit as i64, now],
-            )
-        })
-        .await
+        self.read(move |c| query_fragments(c, FRAGMENTS_AFTER, params![id, after, now], limit))
+            .await
     }
 
     async fn fragments_in_range(
@@ -682,39 +622,33 @@ impl Index for SqliteIndex {
         after: Option<(EpochMillis, u64)>,
         limit: usize,
     ) -> IndexResult<Vec<FragmentRecord>> {
-        let id = stream_id.to_owned();
-        let col = match kind {
-            TimestampKind::Producer => "producer_ts_ms",
-            TimestampKind::Server => "server_ts_ms",
+        let page = RangePage {
+            kind,
+            start_ms,
+            end_ms,
+            after,
+            limit,
         };
-        let (after_ts, after_seq) = after.map(|(t, s)| (t, s as i64)).unwrap_or((i64::MIN, -1));
-        let now = self.view_now();
-        self.read(move |c| {
-            query_fragments(
-                c,
-                &format!(
-                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 AND {col} >= ?2 AND {col} <= ?3
-                     AND ({col} > ?4 OR ({col} = ?4 AND seq > ?5)) {} ORDER BY {col}, seq LIMIT ?6",
-                    visible(1, 7)
-                ),
-                params![id, start_ms, end_ms, after_ts, after_seq, limit as i64, now],
-            )
-        })
-        .await
+        let sqls = (FRAGMENTS_IN_PRODUCER_RANGE, FRAGMENTS_IN_SERVER_RANGE);
+        self.range_query(sqls, stream_id, page, fragment_from_row)
+            .await
+    }
+
+    async fn fragment_times_in_range(
+        &self,
+        stream_id: &str,
+        page: RangePage,
+    ) -> IndexResult<Vec<FragmentTimes>> {
+        let sqls = (TIMES_IN_PRODUCER_RANGE, TIMES_IN_SERVER_RANGE);
+        self.range_query(sqls, stream_id, page, times_from_row)
+            .await
     }
 
     async fn last_fragment(&self, stream_id: &str) -> IndexResult<Option<FragmentRecord>> {
         let id = stream_id.to_owned();
         let now = self.view_now();
         self.read(move |c| {
-            let mut v = query_fragments(
-                c,
-                &format!(
-                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id = ?1 {} ORDER BY seq DESC LIMIT 1",
-                    visible(1, 2)
-                ),
-                params![id, now],
-            )?;
+            let mut v = query_fragments(c, LAST_FRAGMENT, params![id, now], 1)?;
             Ok(v.pop())
         })
         .await
@@ -729,14 +663,7 @@ impl Index for SqliteIndex {
             .map(|(a, s)| (a, s as i64))
             .unwrap_or((String::new(), -1));
         self.read(move |c| {
-            query_fragments(
-                c,
-                &format!(
-                    "SELECT {FRAGMENT_COLS} FROM fragments WHERE stream_id > ?1 OR (stream_id = ?1 AND seq > ?2)
-                     ORDER BY stream_id, seq LIMIT ?3"
-                ),
-                params![aid, aseq, limit as i64],
-            )
+            query_fragments(c, SCAN_FRAGMENTS, params![aid, aseq, limit as i64], limit)
         })
         .await
     }
@@ -788,20 +715,20 @@ impl Index for SqliteIndex {
     ) -> IndexResult<Option<FragmentRecord>> {
         let now = self.view_now();
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
-            let existing = find_by_content(
-                &tx,
-                &f.stream_id,
-                f.producer_ts_ms,
-                &f.content_hash,
-                dedupe_since_ms,
-                now,
-            )?;
-            if existing.is_none() {
-                insert_fragment_row(&tx, &f)?;
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(existing)
+            in_transaction(c, |tx| {
+                let existing = find_by_content(
+                    tx,
+                    &f.stream_id,
+                    f.producer_ts_ms,
+                    &f.content_hash,
+                    dedupe_since_ms,
+                    now,
+                )?;
+                if existing.is_none() {
+                    insert_fragment_row(tx, &f)?;
+                }
+                Ok(existing)
+            })
         })
         .await
     }
@@ -967,7 +894,7 @@ impl Index for SqliteIndex {
         let (id, kind) = (stream_id.to_owned(), kind.to_owned());
         self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            if stream_where(&tx, "stream_id", &id)?.is_none() {
+            if stream_where(&tx, STREAM_BY_ID, &id)?.is_none() {
                 return Err(IndexError::StreamNotFound(id));
             }
             match body {

@@ -342,3 +342,164 @@ async fn stream_configs_persist_and_go_with_the_stream() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// The `EXPLAIN QUERY PLAN` lines of `sql` (its parameters bound to NULL: the plan
+/// does not read them).
+fn query_plan(c: &Connection, sql: &str) -> Vec<String> {
+    let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let nulls = std::iter::repeat_n(rusqlite::types::Null, st.parameter_count());
+    st.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hot_statements_walk_an_index_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    idx.reserve_fragment_seqs(A, 2000).await.unwrap();
+    for seq in 0..2000u64 {
+        idx.insert_fragment(frag(A, seq, seq as i64 * 2000))
+            .await
+            .unwrap();
+    }
+    let hot = [
+        TIMES_IN_PRODUCER_RANGE,
+        TIMES_IN_SERVER_RANGE,
+        FIND_BY_CONTENT,
+        GET_FRAGMENT,
+        FRAGMENTS_AFTER,
+        FRAGMENTS_IN_PRODUCER_RANGE,
+        FRAGMENTS_IN_SERVER_RANGE,
+        LAST_FRAGMENT,
+    ];
+    for analyzed in [false, true] {
+        let c = idx.reader.lock().unwrap();
+        if analyzed {
+            c.execute_batch("ANALYZE").unwrap();
+        }
+        for sql in hot {
+            let plan = query_plan(&c, sql);
+            let fragments = plan.iter().find(|l| l.contains("fragments")).unwrap();
+            assert!(
+                fragments.starts_with("SEARCH fragments USING"),
+                "{sql}: {plan:?}"
+            );
+            // The content lookup sorts only the rows equal on all three index columns.
+            assert!(
+                sql == FIND_BY_CONTENT || !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+                "{sql}: {plan:?}"
+            );
+        }
+        let plan = |sql: &str| query_plan(&c, sql).join("; ");
+        assert!(plan(FRAGMENTS_IN_SERVER_RANGE).contains("fragments_by_server"));
+        assert!(plan(TIMES_IN_SERVER_RANGE).contains("fragments_by_server"));
+        assert!(plan(FRAGMENTS_IN_PRODUCER_RANGE).contains("fragments_by_producer"));
+        assert!(plan(FIND_BY_CONTENT).contains(
+            "fragments_by_content (stream_id=? AND producer_ts_ms=? AND content_hash=?)"
+        ));
+    }
+}
+
+#[tokio::test]
+async fn range_pages_continue_after_ties_and_stop_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    idx.reserve_fragment_seqs(A, 100).await.unwrap();
+    // Three fragments per producer timestamp: pages must split inside a tie.
+    for seq in 0..30u64 {
+        let mut f = frag(A, seq, (seq / 3) as i64 * 1000);
+        f.metadata = Vec::new();
+        idx.insert_fragment(f).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = idx
+            .fragments_in_range(A, TimestampKind::Producer, 1000, 8000, after, 4)
+            .await
+            .unwrap();
+        assert!(page.len() <= 4);
+        let page_of_4 = RangePage {
+            kind: TimestampKind::Producer,
+            start_ms: 1000,
+            end_ms: 8000,
+            after,
+            limit: 4,
+        };
+        let times = idx.fragment_times_in_range(A, page_of_4).await.unwrap();
+        assert_eq!(
+            times,
+            page.iter().map(FragmentTimes::from).collect::<Vec<_>>()
+        );
+        let Some(last) = page.last() else { break };
+        after = Some((last.producer_ts_ms, last.seq));
+        seen.extend(page.iter().map(|f| f.seq));
+        assert!(page.iter().all(|f| f.metadata.is_empty()));
+    }
+    assert_eq!(seen, (3..27).collect::<Vec<_>>());
+    let after5 = idx.fragments_after(A, Some(5), 7).await.unwrap();
+    assert_eq!(
+        after5.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        (6..13).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn dedupe_respects_the_retention_view_and_rolls_back_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    let clock = crate::clock::ManualClock::new(1000);
+    let view = raw.retention_view(Arc::new(clock.clone()));
+    raw.create_stream(new_stream("cam1", A), 10).await.unwrap(); // 24 h
+    let mut f = frag(A, 1, 1000);
+    f.content_hash = "aa".into();
+    assert!(
+        view.insert_fragment_unless_duplicate(f.clone(), 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut again = f.clone();
+    again.seq = 2;
+    // A primary-key clash inside the transaction: an error, and nothing left open.
+    let mut clash = f.clone();
+    clash.content_hash = "bb".into();
+    assert!(matches!(
+        view.insert_fragment_unless_duplicate(clash, 0).await,
+        Err(IndexError::DuplicateFragment { seq: 1, .. })
+    ));
+    assert!(raw.writer.lock().unwrap().is_autocommit());
+    assert_eq!(
+        view.find_fragment_by_content(A, 1000, "aa", 0)
+            .await
+            .unwrap()
+            .map(|f| f.seq),
+        Some(1)
+    );
+    // Once the original has expired from the view it is no duplicate; the raw index
+    // still finds it.
+    clock.set_ms(25 * 3_600_000 + 1006);
+    assert!(
+        view.find_fragment_by_content(A, 1000, "aa", 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        raw.find_fragment_by_content(A, 1000, "aa", 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        view.insert_fragment_unless_duplicate(again, 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(raw.fragments_after(A, None, 10).await.unwrap().len(), 2);
+}
