@@ -146,6 +146,26 @@ struct ListFragmentsOutput {
     next_token: Option<String>,
 }
 
+/// A required `[StartTimestamp, EndTimestamp]` pair in epoch ms, end not before start
+/// (ListFragments, GetImages); `prefix` names the enclosing member in error messages.
+pub(super) fn required_range(
+    start: Option<f64>,
+    end: Option<f64>,
+    prefix: &str,
+) -> Result<(i64, i64)> {
+    let ms = |v: Option<f64>, name: &str| {
+        v.and_then(epoch_ms_from_json_secs)
+            .ok_or_else(|| Error::invalid(format!("{prefix}{name} is required")))
+    };
+    let (start_ms, end_ms) = (ms(start, "StartTimestamp")?, ms(end, "EndTimestamp")?);
+    if end_ms < start_ms {
+        return Err(Error::invalid(
+            "EndTimestamp must not be before StartTimestamp",
+        ));
+    }
+    Ok((start_ms, end_ms))
+}
+
 async fn list_fragments(
     State(state): State<AppState>,
     KvsJson(i): KvsJson<ListFragmentsInput>,
@@ -174,19 +194,8 @@ async fn list_fragments(
             let r = sel
                 .timestamp_range
                 .ok_or_else(|| Error::invalid("TimestampRange is required"))?;
-            let ms = |v: Option<f64>, name: &str| {
-                v.and_then(epoch_ms_from_json_secs)
-                    .ok_or_else(|| Error::invalid(format!("TimestampRange.{name} is required")))
-            };
-            let (start_ms, end_ms) = (
-                ms(r.start_timestamp, "StartTimestamp")?,
-                ms(r.end_timestamp, "EndTimestamp")?,
-            );
-            if end_ms < start_ms {
-                return Err(Error::invalid(
-                    "EndTimestamp must not be before StartTimestamp",
-                ));
-            }
+            let (start_ms, end_ms) =
+                required_range(r.start_timestamp, r.end_timestamp, "TimestampRange.")?;
             Cursor {
                 kind,
                 start_ms,

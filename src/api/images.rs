@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::archived::require_retention;
+use super::archived::{require_retention, required_range};
 use super::json::KvsJson;
-use crate::clock::{epoch_ms_from_json_secs, epoch_secs_json};
+use crate::clock::epoch_secs_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::images::generation::{self, DestinationConfig, GenerationConfig};
 use crate::images::{Outcome, output_spec};
@@ -113,19 +113,7 @@ async fn get_images(
 ) -> Result<Json<Value>> {
     let cfg = &state.settings.images;
     let kind = selector(i.image_selector_type.as_deref())?;
-    let ms = |v: Option<f64>, name: &str| {
-        v.and_then(epoch_ms_from_json_secs)
-            .ok_or_else(|| Error::invalid(format!("{name} is required")))
-    };
-    let (start_ms, end_ms) = (
-        ms(i.start_timestamp, "StartTimestamp")?,
-        ms(i.end_timestamp, "EndTimestamp")?,
-    );
-    if end_ms < start_ms {
-        return Err(Error::invalid(
-            "EndTimestamp must not be before StartTimestamp",
-        ));
-    }
+    let (start_ms, end_ms) = required_range(i.start_timestamp, i.end_timestamp, "")?;
     let max_range = cfg.max_range.as_millis() as i64;
     if end_ms - start_ms > max_range {
         return Err(Error::invalid(format!(

@@ -286,25 +286,30 @@ impl Ingest {
         let _ = self.image_jobs.set(tx);
     }
 
-    /// Called after a fragment is persisted: queues it for image generation when the
-    /// producer tagged it. Never waits; a full queue drops the job with a warning.
-    pub fn fragment_persisted(
+    /// The image-generation job for a fragment about to be persisted, when the producer
+    /// tagged it and the generator runs (the record is cloned only then). Queue it with
+    /// [`Ingest::queue_image_job`] once the fragment is persisted.
+    pub fn image_job(
         &self,
         stream: &crate::index::StreamRecord,
         f: &crate::index::FragmentRecord,
-    ) {
+    ) -> Option<crate::images::generation::Job> {
         use crate::images::generation::Job;
-        if !Job::wanted(f) {
+        (Job::wanted(f) && self.image_jobs.get().is_some()).then(|| Job {
+            stream: stream.clone(),
+            fragment: f.clone(),
+        })
+    }
+
+    /// Queues an image-generation job. Never waits; a full queue drops the job with a
+    /// warning.
+    pub fn queue_image_job(&self, job: crate::images::generation::Job) {
+        let Some(tx) = self.image_jobs.get() else {
             return;
-        }
-        if let Some(tx) = self.image_jobs.get() {
-            let job = Job {
-                stream: stream.clone(),
-                fragment: f.clone(),
-            };
-            if tx.try_send(job).is_err() {
-                tracing::warn!(stream = %stream.name, fragment_seq = f.seq, "image generation queue full; fragment skipped");
-            }
+        };
+        let (name, seq) = (job.stream.name.clone(), job.fragment.seq);
+        if tx.try_send(job).is_err() {
+            tracing::warn!(stream = %name, fragment_seq = seq, "image generation queue full; fragment skipped");
         }
     }
 

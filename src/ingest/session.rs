@@ -479,17 +479,16 @@ async fn persist_fragment(
         content_hash: hash,
         metadata: f.metadata.clone(),
     };
+    let image_job = ctx.ingest.image_job(&ctx.stream, &rec);
     let inserted = match dedupe_since {
-        Some(since) => {
-            index
-                .insert_fragment_unless_duplicate(rec.clone(), since)
-                .await
-        }
-        None => index.insert_fragment(rec.clone()).await.map(|()| None),
+        Some(since) => index.insert_fragment_unless_duplicate(rec, since).await,
+        None => index.insert_fragment(rec).await.map(|()| None),
     };
     match inserted {
         Ok(None) => {
-            ctx.ingest.fragment_persisted(&ctx.stream, &rec);
+            if let Some(job) = image_job {
+                ctx.ingest.queue_image_job(job);
+            }
             Ok(Persisted::New)
         }
         Ok(Some(orig)) => {
