@@ -46,6 +46,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// HTTPS: serve TLS with this certificate and key.
     pub tls: TlsSettings,
+    /// Connection-level limits of the HTTP listener (timeouts, connection cap).
+    pub http: HttpSettings,
     /// Most streams this server will hold; CreateStream beyond it answers
     /// `AccountStreamLimitExceededException`. Default 100000.
     pub max_streams: u64,
@@ -79,6 +81,7 @@ impl Default for Settings {
             secret_access_key: None,
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
+            http: HttpSettings::default(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             default_retention_hours: 24,
@@ -163,6 +166,36 @@ pub struct TlsSettings {
 impl TlsSettings {
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() && self.key_file.is_some()
+    }
+}
+
+/// Connection-level limits of the listener, so that clients that send nothing, or
+/// send slowly, cannot hold sockets and memory forever (see `docs/security.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// A connection must send a request's whole header within this time; the same clock
+    /// runs while a kept-alive connection waits for its next request, so it is also the
+    /// keep-alive idle timeout. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A JSON API request must deliver its whole body within this time (PutMedia bodies
+    /// are streams, bounded by `ingest.idle_timeout` instead). Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most open client connections; at the cap the listener stops accepting (new
+    /// connections wait in the kernel's backlog) until one closes, and logs a warning at
+    /// most once a minute. Default 16384.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(20),
+            max_connections: 16_384,
+        }
     }
 }
 
@@ -532,6 +565,14 @@ impl Settings {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
             return Err(ConfigError::Invalid("region must be [a-z0-9-]+".into()));
+        }
+        if self.http.max_connections == 0
+            || self.http.header_read_timeout.is_zero()
+            || self.http.body_read_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "http.max_connections, http.header_read_timeout and http.body_read_timeout must be positive".into(),
+            ));
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(

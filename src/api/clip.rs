@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::archived::require_retention;
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_ms_from_json_secs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::TimestampKind;
@@ -95,6 +96,7 @@ struct GetClipInput {
 
 async fn get_clip(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetClipInput>,
 ) -> Result<Response> {
     let sel = i
@@ -116,6 +118,7 @@ async fn get_clip(
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_ms_from_json_secs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{StreamRecord, TimestampKind};
@@ -111,11 +112,13 @@ async fn start_of(state: &AppState, stream: &StreamRecord, sel: StartSelector) -
 
 async fn get_media(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetMediaInput>,
 ) -> Result<Response> {
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,

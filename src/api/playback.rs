@@ -22,6 +22,7 @@ use super::AppState;
 use super::archived::require_retention;
 use super::clip::{FragmentSelector, check_range, selector_kind, ts_member};
 use super::json::KvsJson;
+use crate::auth::Access;
 use super::media::own_fragment_seq;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
@@ -116,7 +117,7 @@ struct Common<'a> {
 
 /// Validates a session request, checks the stream's media and returns the claims
 /// (container and display options are filled in by the caller).
-async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
+async fn new_session(state: &AppState, access: &Access, i: Common<'_>) -> Result<Claims> {
     let mode = match i.mode {
         None | Some("LIVE") => Mode::Live,
         Some("LIVE_REPLAY") => Mode::LiveReplay,
@@ -179,7 +180,7 @@ async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
     }
     let stream = state
         .catalog
-        .resolve(i.stream_name, i.stream_arn, ErrorKind::InvalidArgument)
+        .resolve(access, i.stream_name, i.stream_arn, ErrorKind::InvalidArgument)
         .await?;
     require_retention(&stream)?;
     let probe = match mode {
@@ -241,6 +242,7 @@ async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
 
 async fn hls_session_url(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<HlsInput>,
 ) -> Result<Json<serde_json::Value>> {
     let container = match i.container_format.as_deref() {
@@ -269,6 +271,7 @@ async fn hls_session_url(
     )?;
     let mut c = new_session(
         &state,
+        &access,
         Common {
             protocol: Protocol::Hls,
             stream_name: i.stream_name.as_deref(),
@@ -299,6 +302,7 @@ async fn hls_session_url(
 
 async fn dash_session_url(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<DashInput>,
 ) -> Result<Json<serde_json::Value>> {
     let display_ts = always_never(
@@ -311,6 +315,7 @@ async fn dash_session_url(
     )?;
     let mut c = new_session(
         &state,
+        &access,
         Common {
             protocol: Protocol::Dash,
             stream_name: i.stream_name.as_deref(),
