@@ -409,7 +409,7 @@ pub struct PlaybackSettings {
     pub max_sessions: usize,
     /// Most playlist entries (fragments) kept in the timelines of all live sessions
     /// together; beyond it the least recently used sessions are dropped (and rebuilt on
-    /// their next request). Default 200000 (about 60 MiB).
+    /// their next request). Default 200000 (about 75 MiB).
     pub max_session_entries: usize,
     /// Interval of the task that forgets expired sessions. Default `60s`.
     #[serde(with = "humantime_serde")]

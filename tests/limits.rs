@@ -28,7 +28,8 @@ async fn create(srv: &TestServer, name: &str) {
     assert_eq!(s, 200, "{t}");
 }
 
-async fn upload(srv: &TestServer, name: &str, body: &[u8], start_secs: i64) {
+/// Uploads `body` (10 fragments); returns the PERSISTED fragment numbers.
+async fn upload(srv: &TestServer, name: &str, body: &[u8], start_secs: i64) -> Vec<String> {
     let start = start_secs.to_string();
     let r = put_media(
         srv.addr,
@@ -42,6 +43,45 @@ async fn upload(srv: &TestServer, name: &str, body: &[u8], start_secs: i64) {
     .await;
     assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
     assert_eq!(r.events("PERSISTED").len(), 10);
+    r.events("PERSISTED")
+        .iter()
+        .map(|a| a["FragmentNumber"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reads a chunked HTTP response carrying GetMedia output until `want` complete chunks
+/// arrived (or 120 s pass).
+async fn read_get_media(sock: &mut tokio::net::TcpStream, want: usize) -> ChunkParser {
+    use tokio::io::AsyncReadExt;
+    let mut p = ChunkParser::default();
+    let (mut raw, mut at, mut body_at) = (Vec::new(), 0usize, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut buf = vec![0u8; 1 << 16];
+    while p.complete() < want {
+        let n = match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        raw.extend_from_slice(&buf[..n]);
+        if body_at.is_none() {
+            body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+            at = body_at.unwrap_or(0);
+        }
+        // HTTP chunks: "<hex size>\r\n<data>\r\n".
+        while body_at.is_some() {
+            let Some(eol) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&raw[at..at + eol]).unwrap(), 16)
+                .unwrap();
+            if raw.len() < at + eol + 2 + size + 2 {
+                break;
+            }
+            p.push(&raw[at + eol + 2..at + eol + 2 + size]);
+            at += eol + 2 + size + 2;
+        }
+    }
+    p
 }
 
 /// The server's gauges and counters, by name (labels ignored, values summed).
@@ -69,15 +109,14 @@ fn metric(m: &HashMap<String, f64>, name: &str) -> f64 {
     m.get(name).copied().unwrap_or(0.0)
 }
 
-/// A GetMedia request on a socket with a small receive buffer whose response is never
+/// A signed JSON POST on a socket with a small receive buffer whose response is not
 /// read. Returns the socket (dropping it closes the connection).
-async fn never_reading_get_media(srv: &TestServer, stream: &str) -> tokio::net::TcpStream {
+async fn unread_post(srv: &TestServer, path: &str, body: &Value) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(srv.addr).await.unwrap();
-    let body =
-        json!({"StreamName": stream, "StartSelector": {"StartSelectorType": "NOW"}}).to_string();
+    let body = body.to_string();
     let host = srv.addr.to_string();
     let len = body.len().to_string();
     let mut extra = String::new();
@@ -85,7 +124,7 @@ async fn never_reading_get_media(srv: &TestServer, stream: &str) -> tokio::net::
         TEST_KEY,
         "POST",
         &host,
-        "/getMedia",
+        path,
         &[
             ("content-type", "application/json"),
             ("content-length", len.as_str()),
@@ -96,7 +135,7 @@ async fn never_reading_get_media(srv: &TestServer, stream: &str) -> tokio::net::
         extra.push_str(&format!("{n}: {v}\r\n"));
     }
     let req = format!(
-        "POST /getMedia HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{extra}\r\n{body}"
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{extra}\r\n{body}"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     s
@@ -121,7 +160,8 @@ async fn a_get_media_reader_that_never_reads_holds_bounded_memory() {
     .await;
     create(&srv, "busy").await;
     let base = metrics(&srv).await;
-    let _reader = never_reading_get_media(&srv, "busy").await;
+    let get_media = json!({"StreamName": "busy", "StartSelector": {"StartSelectorType": "NOW"}});
+    let mut reader = unread_post(&srv, "/getMedia", &get_media).await;
     // Sample the server's accounting while the stream is busy.
     let stop = tokio_util::sync::CancellationToken::new();
     let sampler = {
@@ -154,8 +194,9 @@ async fn a_get_media_reader_that_never_reads_holds_bounded_memory() {
     };
     let media = sample("h264_720p_gop1s.mkv");
     let rounds = 32;
+    let mut persisted = Vec::new();
     for i in 0..rounds {
-        upload(&srv, "busy", &media, T0 + i * 10).await;
+        persisted.extend(upload(&srv, "busy", &media, T0 + i * 10).await);
     }
     stop.cancel();
     let peak = sampler.await.unwrap();
@@ -181,6 +222,22 @@ async fn a_get_media_reader_that_never_reads_holds_bounded_memory() {
         "peak {peak_used} bytes, bound {bound} (pushed {pushed} bytes)"
     );
     assert!(peak[QUEUED] <= QUEUE as f64 + 1e6, "{peak:?}");
+
+    // The client starts reading: it lagged behind the live buffer and gets the rest from
+    // storage, every fragment once, in order, whole.
+    let p = read_get_media(&mut reader, persisted.len()).await;
+    let got: Vec<&str> = p
+        .chunks
+        .iter()
+        .filter_map(|c| c.tag("AWS_KINESISVIDEO_FRAGMENT_NUMBER"))
+        .collect();
+    let first = persisted.iter().position(|n| n == got[0]).expect("a stored fragment");
+    assert!(first <= 1, "the reader started at the live edge: {first}");
+    assert_eq!(got, persisted[first..], "no gap, no duplicate");
+    assert!(p.chunks.iter().skip(1).all(|c| c.frames.len() == 30));
+    let lagged = metric(&metrics(&srv).await, LAGGED) - metric(&base, LAGGED);
+    println!("the client then read {} fragments; lagged {lagged} times", got.len());
+    assert!(lagged >= 1.0);
     srv.stop().await.unwrap();
 }
 
@@ -215,6 +272,7 @@ async fn a_thousand_live_hls_sessions_hold_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = TestServer::start_in(tmp.path().to_owned(), |s| {
         s.playback.max_session_entries = MAX_ENTRIES;
+        s.playback.max_concurrent_clips = 1;
         s.ingest.max_bytes_per_second = 0;
     })
     .await;
@@ -259,6 +317,21 @@ async fn a_thousand_live_hls_sessions_hold_bounded_memory() {
     // A dropped session rebuilds its timeline on its next request.
     let again = reqwest::get(media_playlist(&urls[0])).await.unwrap();
     assert_eq!(again.status(), 200);
+
+    // GetClip: one build at a time here. A client that does not read its 7.8 MB clip
+    // keeps the slot; a second GetClip meanwhile is refused with a KVS error.
+    use tokio::io::AsyncReadExt;
+    let clip = json!({"StreamName": "many", "ClipFragmentSelector": {
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+        "TimestampRange": {"StartTimestamp": T0, "EndTimestamp": T0 + 100}}});
+    let mut first = unread_post(&srv, "/getClip", &clip).await;
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let (s, _, text) = srv.post_raw("/getClip", &clip.to_string()).await;
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("ClientLimitExceededException"), "{text}");
+    drop(first);
     srv.stop().await.unwrap();
 }
 
