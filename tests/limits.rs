@@ -22,6 +22,20 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const T0: i64 = 1_795_600_000;
 
+/// Takes the serial lock and starts a server on a fresh data dir.
+async fn start(
+    tweak: impl FnOnce(&mut streamvault::config::Settings),
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    TestServer,
+) {
+    let serial = SERIAL.lock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_in(tmp.path().to_owned(), tweak).await;
+    (serial, tmp, srv)
+}
+
 async fn create(srv: &TestServer, name: &str) {
     let body = json!({"StreamName": name, "DataRetentionInHours": 24}).to_string();
     let (s, _, t) = srv.post_raw("/createStream", &body).await;
@@ -30,18 +44,7 @@ async fn create(srv: &TestServer, name: &str) {
 
 /// Uploads `body` (10 fragments); returns the PERSISTED fragment numbers.
 async fn upload(srv: &TestServer, name: &str, body: &[u8], start_secs: i64) -> Vec<String> {
-    let start = start_secs.to_string();
-    let r = put_media(
-        srv.addr,
-        &[
-            ("x-amzn-stream-name", name),
-            ("x-amzn-producer-start-timestamp", &start),
-        ],
-        body,
-        65536,
-    )
-    .await;
-    assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
+    let r = put_media_at(srv.addr, name, body, start_secs).await;
     assert_eq!(r.events("PERSISTED").len(), 10);
     r.events("PERSISTED")
         .iter()
@@ -148,11 +151,9 @@ const LAGGED: &str = "streamvault_media_readers_lagged_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_media_reader_that_never_reads_holds_bounded_memory() {
-    let _serial = SERIAL.lock().await;
     const QUEUE: u64 = 1 << 20;
     const LIVE_BUFFER: u64 = 2 << 20;
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_in(tmp.path().to_owned(), |s| {
+    let (_serial, _tmp, srv) = start(|s| {
         s.media.max_reader_queue_bytes = QUEUE;
         s.ingest.live_buffer_bytes = LIVE_BUFFER;
         s.ingest.max_bytes_per_second = 0;
@@ -231,12 +232,18 @@ async fn a_get_media_reader_that_never_reads_holds_bounded_memory() {
         .iter()
         .filter_map(|c| c.tag("AWS_KINESISVIDEO_FRAGMENT_NUMBER"))
         .collect();
-    let first = persisted.iter().position(|n| n == got[0]).expect("a stored fragment");
+    let first = persisted
+        .iter()
+        .position(|n| n == got[0])
+        .expect("a stored fragment");
     assert!(first <= 1, "the reader started at the live edge: {first}");
     assert_eq!(got, persisted[first..], "no gap, no duplicate");
     assert!(p.chunks.iter().skip(1).all(|c| c.frames.len() == 30));
     let lagged = metric(&metrics(&srv).await, LAGGED) - metric(&base, LAGGED);
-    println!("the client then read {} fragments; lagged {lagged} times", got.len());
+    println!(
+        "the client then read {} fragments; lagged {lagged} times",
+        got.len()
+    );
     assert!(lagged >= 1.0);
     srv.stop().await.unwrap();
 }
@@ -267,10 +274,8 @@ const SESSIONS: &str = "streamvault_playback_sessions";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_live_hls_sessions_hold_bounded_memory() {
-    let _serial = SERIAL.lock().await;
     const MAX_ENTRIES: usize = 5_000;
-    let tmp = tempfile::tempdir().unwrap();
-    let srv = TestServer::start_in(tmp.path().to_owned(), |s| {
+    let (_serial, _tmp, srv) = start(|s| {
         s.playback.max_session_entries = MAX_ENTRIES;
         s.playback.max_concurrent_clips = 1;
         s.ingest.max_bytes_per_second = 0;
@@ -337,8 +342,6 @@ async fn a_thousand_live_hls_sessions_hold_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_keys_session_urls_stop_working() {
-    let _serial = SERIAL.lock().await;
-    let tmp = tempfile::tempdir().unwrap();
     let viewer = KeySpec {
         access_key_id: "VIEWERKEY".into(),
         secret_access_key: Secret("viewersecret".into()),
@@ -346,10 +349,7 @@ async fn a_removed_keys_session_urls_stop_working() {
         streams: vec!["cam-*".into()],
     };
     let with_viewer = viewer.clone();
-    let srv = TestServer::start_in(tmp.path().to_owned(), move |s| {
-        s.auth.keys.push(with_viewer)
-    })
-    .await;
+    let (_serial, tmp, srv) = start(move |s| s.auth.keys.push(with_viewer)).await;
     create(&srv, "cam-1").await;
     upload(&srv, "cam-1", &sample("h264_720p_gop1s.mkv"), T0).await;
     let body = json!({"StreamName": "cam-1", "PlaybackMode": "LIVE"});

@@ -462,7 +462,11 @@ async fn open(
         state
             .auth
             .keys
-            .authorize(&who, session_operation(protocol), Some(stream.name.as_str()))
+            .authorize(
+                &who,
+                session_operation(protocol),
+                Some(stream.name.as_str()),
+            )
             .map_err(|_| {
                 Fail::Forbidden(
                     "the access key that opened this session is no longer allowed to".into(),

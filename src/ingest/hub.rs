@@ -231,12 +231,19 @@ mod tests {
             assert!(matches!(fast.recv().await, Ok(LiveEvent::Frame { .. })));
         }
         let held = hub.buffered_bytes();
-        println!("live buffer after 10 MB with a reader that never reads: {held} bytes, budget {} bytes", budget.used());
+        println!(
+            "live buffer after 10 MB with a reader that never reads: {held} bytes, budget {} bytes",
+            budget.used()
+        );
         assert!(held <= 100_000 && budget.used() <= 100_000, "{held}");
         assert!(matches!(slow.recv().await, Err(RecvError::Lagged(_))));
         assert!(matches!(slow.recv().await, Ok(LiveEvent::Frame { .. })));
         drop(slow);
-        assert_eq!(hub.buffered_bytes(), 0, "everything received by the remaining reader");
+        assert_eq!(
+            hub.buffered_bytes(),
+            0,
+            "everything received by the remaining reader"
+        );
         assert_eq!(budget.used(), 0);
         hub.publish(frame(10), None);
         hub.shed();

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use self::budget::Budget;
-use self::hub::{FragmentMemory, Hub};
 pub use self::hub::LiveReceiver;
+use self::hub::{FragmentMemory, Hub};
 pub use self::reader_queue::{QueueReceiver, QueueSender, reader_queue};
 
 use crate::config::IngestSettings;
@@ -288,7 +288,9 @@ impl Drop for ConnectionGuard {
 impl Ingest {
     pub fn new(settings: IngestSettings) -> Self {
         Self {
-            budget: Budget::new(usize::try_from(settings.memory_budget_bytes).unwrap_or(usize::MAX)),
+            budget: Budget::new(
+                usize::try_from(settings.memory_budget_bytes).unwrap_or(usize::MAX),
+            ),
             settings,
             streams: Mutex::default(),
             image_jobs: std::sync::OnceLock::new(),

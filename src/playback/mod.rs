@@ -579,7 +579,9 @@ impl Playback {
             sessions,
             catalog,
             configs: Mutex::new(HashMap::new()),
-            clips: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_clips.max(1))),
+            clips: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_clips.max(1),
+            )),
             settings,
         }
     }

@@ -416,17 +416,26 @@ mod tests {
             expires_ms: claims().created_ms + 10 * 365 * DAY,
             ..claims()
         };
-        assert_eq!(s.verify(&s.sign(&far), NOW, twelve_h), Err(TokenError::Expired));
+        assert_eq!(
+            s.verify(&s.sign(&far), NOW, twelve_h),
+            Err(TokenError::Expired)
+        );
         let backwards = Claims {
             expires_ms: claims().created_ms - 1,
             ..claims()
         };
-        assert_eq!(s.verify(&s.sign(&backwards), NOW, twelve_h), Err(TokenError::Expired));
+        assert_eq!(
+            s.verify(&s.sign(&backwards), NOW, twelve_h),
+            Err(TokenError::Expired)
+        );
         // A valid token: fine until created + the cap, refused after (renewals or not).
         let t = s.sign(&claims());
         let created = claims().created_ms;
         assert!(s.verify(&t, created + twelve_h, twelve_h).is_ok());
-        assert_eq!(s.verify(&t, created + twelve_h + 1, twelve_h), Err(TokenError::Expired));
+        assert_eq!(
+            s.verify(&t, created + twelve_h + 1, twelve_h),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -437,7 +446,11 @@ mod tests {
         for i in 0..raw.len() {
             let mut r = raw.clone();
             r[i] ^= 0x01;
-            assert_eq!(s.verify(&B64.encode(&r), NOW, DAY), Err(TokenError::Invalid), "{i}");
+            assert_eq!(
+                s.verify(&B64.encode(&r), NOW, DAY),
+                Err(TokenError::Invalid),
+                "{i}"
+            );
         }
         assert!(TokenSigner::ephemeral().verify(&t, NOW, DAY).is_err());
         assert!(s.verify("", NOW, DAY).is_err());
