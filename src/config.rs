@@ -301,9 +301,14 @@ pub struct IngestSettings {
     pub max_connections_per_stream: usize,
     /// Per-stream ingest rate cap in bytes/s; 0 turns it off. Default 12,500,000.
     pub max_bytes_per_second: u64,
-    /// Bytes of fragment data all sessions together may hold in memory before uploads
-    /// are slowed (socket back-pressure). Default 512 MiB.
+    /// Bytes all streams together may hold in memory (upload buffers and open fragments,
+    /// live frames and live buffers, the persist queues and sealed copies, GetMedia
+    /// output queues) before uploads are slowed (socket back-pressure). Default 512 MiB.
     pub memory_budget_bytes: u64,
+    /// Per stream, most bytes of frames the live hand-off keeps for GetMedia readers that
+    /// have not received them yet; a reader further behind continues from storage.
+    /// Default 8 MiB.
+    pub live_buffer_bytes: u64,
     /// Interval of IDLE acks while a connection is open but sends nothing. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub idle_ack_interval: Duration,
@@ -329,6 +334,7 @@ impl Default for IngestSettings {
             max_connections_per_stream: 1,
             max_bytes_per_second: 12_500_000,
             memory_budget_bytes: 512 << 20,
+            live_buffer_bytes: 8 << 20,
             idle_ack_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
             dedupe_window: Duration::from_secs(24 * 3600),
@@ -348,6 +354,10 @@ pub struct MediaSettings {
     /// never — a live reader stays open across quiet periods.
     #[serde(with = "humantime_serde")]
     pub max_idle: Option<Duration>,
+    /// Most bytes waiting in one GetMedia response for the client to read (one larger
+    /// chunk is still let in); a reader with a full queue falls behind the live buffer and
+    /// later continues from storage. Default 2 MiB.
+    pub max_reader_queue_bytes: u64,
 }
 
 impl Default for MediaSettings {
@@ -355,6 +365,7 @@ impl Default for MediaSettings {
         Self {
             max_readers_per_stream: 64,
             max_idle: None,
+            max_reader_queue_bytes: 2 << 20,
         }
     }
 }
@@ -429,6 +440,20 @@ pub struct PlaybackSettings {
     /// recently used beyond it are dropped (and rebuilt on their next request).
     /// Default 10000.
     pub max_sessions: usize,
+    /// Most playlist entries (fragments) kept in the timelines of all live sessions
+    /// together; beyond it the least recently used sessions are dropped (and rebuilt on
+    /// their next request). Default 200000 (about 75 MiB).
+    pub max_session_entries: usize,
+    /// Interval of the task that forgets expired sessions. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub session_purge_interval: Duration,
+    /// Absolute lifetime of an HLS/DASH session token from its creation, renewals
+    /// included. Default `12h` (AWS's largest `Expires`).
+    #[serde(with = "humantime_serde")]
+    pub max_session_lifetime: Duration,
+    /// GetClip requests built at the same time; one more answers
+    /// `ClientLimitExceededException`. Default 8.
+    pub max_concurrent_clips: usize,
     /// `Access-Control-Allow-Origin` on `/hls/v1/*` and `/dash/v1/*`. Default `*`.
     pub cors_allow_origin: String,
 }
@@ -441,6 +466,10 @@ impl Default for PlaybackSettings {
             clip_buffer_bytes: 64 << 20,
             renew_live_sessions: true,
             max_sessions: 10_000,
+            max_session_entries: 200_000,
+            session_purge_interval: Duration::from_secs(60),
+            max_session_lifetime: Duration::from_secs(12 * 3600),
+            max_concurrent_clips: 8,
             cors_allow_origin: "*".into(),
         }
     }
@@ -604,9 +633,22 @@ impl Settings {
                 "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),
             ));
         }
-        if self.playback.clip_max_fragments == 0 || self.playback.max_sessions == 0 {
+        if self.playback.clip_max_fragments == 0
+            || self.playback.max_sessions == 0
+            || self.playback.max_session_entries == 0
+            || self.playback.max_concurrent_clips == 0
+        {
             return Err(ConfigError::Invalid(
-                "playback.clip_max_fragments and playback.max_sessions must be at least 1".into(),
+                "playback.clip_max_fragments, playback.max_sessions, playback.max_session_entries and playback.max_concurrent_clips must be at least 1".into(),
+            ));
+        }
+        if self.ingest.live_buffer_bytes == 0
+            || self.media.max_reader_queue_bytes == 0
+            || self.playback.session_purge_interval.is_zero()
+            || self.playback.max_session_lifetime < Duration::from_secs(300)
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.live_buffer_bytes, media.max_reader_queue_bytes and playback.session_purge_interval must be above 0, playback.max_session_lifetime at least 300s".into(),
             ));
         }
         if axum::http::HeaderValue::from_str(&self.playback.cors_allow_origin).is_err() {

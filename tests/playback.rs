@@ -34,19 +34,7 @@ async fn create(srv: &TestServer, name: &str, retention: i32) {
 }
 
 async fn upload_at(srv: &TestServer, name: &str, body: &[u8], start_secs: i64) -> PutResult {
-    let start = start_secs.to_string();
-    let r = put_media(
-        srv.addr,
-        &[
-            ("x-amzn-stream-name", name),
-            ("x-amzn-producer-start-timestamp", &start),
-        ],
-        body,
-        65536,
-    )
-    .await;
-    assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
-    r
+    put_media_at(srv.addr, name, body, start_secs).await
 }
 
 /// A server with one stream holding `sample` at producer time `T0`.

@@ -242,10 +242,9 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
         .keys
         .policy(&who.access_key_id)
         .ok_or_else(|| Error::new(ErrorKind::UnrecognizedClient, "unknown access key"))?;
-    let access = Access::for_key(who.clone(), policy, &operation(&path), method);
+    let access = Access::for_key(who, policy, &operation(&path), method);
     // The action alone is checked here; the stream, on the record the handler resolves.
     access.check_action()?;
-    parts.extensions.insert(who);
     parts.extensions.insert(access);
     Ok(Request::from_parts(parts, body))
 }

@@ -125,6 +125,8 @@ async fn get_clip(
         )
         .await?;
     require_retention(&stream)?;
+    // Held until the whole clip is sent (moved into the sending task below).
+    let slot = state.playback.clip_slot()?;
     let limits = state.playback.settings.clone();
     let rows = select_fragments(
         &state.catalog,
@@ -168,6 +170,7 @@ async fn get_clip(
     let total = layout.total;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut buf = BytesMut::with_capacity(CHUNK);
         buf.extend_from_slice(&layout.head);
         for ((row, kept), (meta, _)) in parts.into_iter().zip(metas) {

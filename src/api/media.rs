@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
@@ -134,7 +134,11 @@ async fn get_media(
         stream.name.as_str(),
     )?;
     let key = state.catalog.data_key(&stream)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    // Bounded in bytes and counted in the ingest memory budget (see `ingest::reader_queue`).
+    let (tx, rx) = crate::ingest::reader_queue(
+        state.ingest.budget().clone(),
+        state.settings.media.max_reader_queue_bytes as usize,
+    );
     let reader = media::Reader::new(
         state.catalog.clone(),
         stream,
@@ -147,5 +151,9 @@ async fn get_media(
         reader.run(start).await;
         drop(guard);
     });
-    Ok(super::streamed(rx, "video/webm"))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "video/webm")],
+        axum::body::Body::from_stream(rx),
+    )
+        .into_response())
 }

@@ -502,6 +502,29 @@ fn parse_put_response(buf: &[u8]) -> PutResult {
     out
 }
 
+/// Uploads `body` to `stream` with a producer start timestamp (seconds), in 64 KiB
+/// chunks, and checks that no ERROR ack came back.
+pub async fn put_media_at(
+    addr: SocketAddr,
+    stream: &str,
+    body: &[u8],
+    start_secs: i64,
+) -> PutResult {
+    let start = start_secs.to_string();
+    let r = put_media(
+        addr,
+        &[
+            ("x-amzn-stream-name", stream),
+            ("x-amzn-producer-start-timestamp", &start),
+        ],
+        body,
+        65536,
+    )
+    .await;
+    assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
+    r
+}
+
 /// Uploads `body` in chunks of `chunk` bytes (optionally paced).
 pub async fn put_media(
     addr: SocketAddr,
