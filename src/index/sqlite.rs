@@ -1,7 +1,8 @@
 //! The embedded index: SQLite through rusqlite (bundled), WAL mode, `synchronous=FULL`
 //! so a commit that returned is on disk. One writer connection and one reader
 //! connection, each behind a mutex and used from `spawn_blocking`. Schema changes are
-//! numbered migrations tracked in `PRAGMA user_version`.
+//! numbered migrations tracked in `PRAGMA user_version`. `secure_delete` is on, and
+//! DeleteStream truncates the WAL, so a shredded key leaves no copy ([`shred`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,8 @@ use crate::clock::SharedClock;
 #[path = "sqlite_sql.rs"]
 mod sql;
 use sql::*;
+#[path = "sqlite_shred.rs"]
+mod shred;
 
 /// Migrations, in order; `user_version` counts how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -92,6 +95,7 @@ pub struct SqliteIndex {
     reader: Arc<Mutex<Connection>>,
     /// Set on a retention view: the clock whose "now" hides expired fragments.
     view: Option<SharedClock>,
+    shred: Arc<shred::ShredState>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> IndexError {
@@ -100,10 +104,12 @@ fn db_err(e: impl std::fmt::Display) -> IndexError {
 
 fn open_conn(path: &Path) -> IndexResult<Connection> {
     let c = Connection::open(path).map_err(db_err)?;
-    c.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db_err)?;
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-        .map_err(db_err)?;
+    c.busy_timeout(shred::BUSY_TIMEOUT).map_err(db_err)?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+         PRAGMA secure_delete=ON;",
+    )
+    .map_err(db_err)?;
     Ok(c)
 }
 
@@ -115,11 +121,14 @@ impl SqliteIndex {
         }
         let mut w = open_conn(path)?;
         migrate(&mut w)?;
+        // A crash may have cut a shred retry short (see [`shred`]); best effort.
+        let _ = shred::truncate_wal(&w, std::time::Duration::from_millis(200));
         let r = open_conn(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(w)),
             reader: Arc::new(Mutex::new(r)),
             view: None,
+            shred: Arc::default(),
         })
     }
 
@@ -495,7 +504,8 @@ impl Index for SqliteIndex {
         now_ms: EpochMillis,
     ) -> IndexResult<()> {
         let (id, expected) = (stream_id.to_owned(), expected_version.map(str::to_owned));
-        self.write(move |c| {
+        let shred = self.shred.clone();
+        let retry = self.write(move |c| {
             let tx = c.transaction().map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
@@ -510,9 +520,13 @@ impl Index for SqliteIndex {
             .map_err(db_err)?;
             tx.execute("DELETE FROM streams WHERE stream_id = ?1", [&id]).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
-            Ok(())
+            Ok(shred.after_delete(c))
         })
-        .await
+        .await?;
+        if retry {
+            self.retry_shred();
+        }
+        Ok(())
     }
 
     async fn stream_count(&self) -> IndexResult<u64> {
