@@ -34,16 +34,9 @@ async fn streams_named_dot_and_dotdot_work_end_to_end_inside_their_own_objects()
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (srv, tasks) = TestServer::start_built(data.clone(), |_| {}, |b| b).await;
-    let control = srv.control().await;
     let names = [".", "..", "..."];
     for name in names {
-        control
-            .create_stream()
-            .stream_name(name)
-            .data_retention_in_hours(24)
-            .send()
-            .await
-            .unwrap();
+        srv.create_stream(name, 24).await;
     }
     let src = sample("h264_720p_gop1s.mkv");
     for name in names {
@@ -89,23 +82,7 @@ async fn streams_named_dot_and_dotdot_work_end_to_end_inside_their_own_objects()
         assert!(streamvault::store::keys::is_stream_id(parts[1]), "{o:?}");
     }
     for name in names {
-        let arn = control
-            .describe_stream()
-            .stream_name(name)
-            .send()
-            .await
-            .unwrap()
-            .stream_info()
-            .unwrap()
-            .stream_arn()
-            .unwrap()
-            .to_owned();
-        control
-            .delete_stream()
-            .stream_arn(&arn)
-            .send()
-            .await
-            .unwrap();
+        srv.delete_stream(name).await;
     }
     tasks.sweep().await;
     assert_eq!(files_under(&data.join("objects")), Vec::<PathBuf>::new());

@@ -169,6 +169,26 @@ impl TestServer {
         aws_sdk_kinesisvideo::Client::new(&self.sdk_config().await)
     }
 
+    /// CreateStream with a retention (hours), through the SDK.
+    pub async fn create_stream(&self, name: &str, retention_hours: i32) {
+        self.control()
+            .await
+            .create_stream()
+            .stream_name(name)
+            .data_retention_in_hours(retention_hours)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// DeleteStream by ARN (looked up with DescribeStream), through the SDK.
+    pub async fn delete_stream(&self, name: &str) {
+        let c = self.control().await;
+        let d = c.describe_stream().stream_name(name).send().await.unwrap();
+        let arn = d.stream_info().unwrap().stream_arn().unwrap();
+        c.delete_stream().stream_arn(arn).send().await.unwrap();
+    }
+
     /// A raw JSON POST, for cases the SDK cannot express.
     pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
         raw_http(self.addr, "POST", path, body).await
