@@ -5,8 +5,10 @@
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
 //! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`playback`] (GetClip,
 //! HLS and DASH packagers), [`images`] (GetImages and image generation), [`api`] (one
-//! router per API family), [`listener`] (accept loop and connection limits), [`server`] (assembly and `run`), [`check`] (invariant checker)
-//! and [`cli`] (the `streamvault` command); [`retention`] expires fragments.
+//! router per API family), [`listener`] (accept loop and connection limits), [`server`]
+//! (assembly and `run`), [`check`] (invariant checker) and [`cli`] (the `streamvault`
+//! command); [`retention`] expires fragments; [`fsperm`] warns about secret files others
+//! can read.
 
 pub mod api;
 pub mod auth;
@@ -16,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fragmenter;
+pub mod fsperm;
 pub mod gc;
 pub mod images;
 pub mod index;

@@ -91,13 +91,7 @@ impl ServerBuilder {
         };
         let (keys, generated) = crate::auth::KeyStore::load(&settings)?;
         if let Some(g) = generated {
-            // Printed once, on the terminal only: never into the log.
-            eprintln!(
-                "\nstreamvault generated a root access key (saved in {}, mode 0600):\n  access key id:     {}\n  secret access key: {}\nUse them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for clients.\n",
-                g.path.display(),
-                g.access_key_id,
-                g.secret_access_key.0
-            );
+            g.announce();
         }
         let auth = Arc::new(crate::auth::Auth::new(&settings.auth, keys));
         if !auth.enabled {

@@ -21,6 +21,7 @@ pub fn acceptor(tls: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
     if certs.is_empty() {
         anyhow::bail!("no certificate in {}", cert.display());
     }
+    crate::fsperm::warn_if_exposed(key, "TLS private key");
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| anyhow::anyhow!("cannot read private key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

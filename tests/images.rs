@@ -828,15 +828,35 @@ async fn image_generation_writes_tagged_fragments_to_the_sink() {
         assert_eq!(n["StreamName"], "gen2");
         assert_eq!(n["Format"], "PNG");
     }
-    // The object-store sink: images under the prefix, not encrypted.
+    // The object-store sink: images under the prefix and the stream id, sealed with the
+    // stream's data key like fragments.
     let tmpdir = srv.stop_keep_dir().await;
     let dd = DataDir::open(&data);
-    let png = dd
+    let s = streamvault::index::Index::get_stream(
+        &dd.index,
+        &streamvault::model::StreamName::parse("gen2").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let dek = dd
         .store
-        .get_image("kvs", "gen2", &format!("{}.png", T0 + 5500))
-        .await
+        .keyring()
+        .unwrap_data_key(&s.kms_key_id, &s.stream_id, &s.wrapped_key)
         .unwrap();
+    let file = format!("{}.png", T0 + 5500);
+    let png = dd.store.get_image(&dek, "kvs", &file).await.unwrap();
     assert_eq!(rgb_of(&png).0, 320);
+    let at_rest = std::fs::read(
+        data.join("objects")
+            .join(format!("kvs/{}/{file}.sv", s.stream_id)),
+    )
+    .unwrap();
+    assert_ne!(at_rest, png.to_vec());
+    assert!(
+        !at_rest.windows(4).any(|w| w == b"\x89PNG"),
+        "PNG signature at rest"
+    );
     drop(dd);
 
     // The configuration survives a restart; removing it works.

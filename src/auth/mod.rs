@@ -1,8 +1,8 @@
 //! Who may call what. Access keys come from the settings (a root key with every right,
 //! and keys limited to actions and stream-name patterns, like an IAM policy); when none
 //! is configured the first start generates a root key pair into the data dir (0600) and
-//! prints it once. Verification of the SigV4 signature itself is in [`sigv4`]; the HTTP
-//! middleware that applies both is `api::auth`.
+//! prints it once, on a terminal only. Verification of the SigV4 signature itself is in
+//! [`sigv4`]; the HTTP middleware that applies both is `api::auth`.
 
 pub mod access;
 pub mod sigv4;
@@ -69,6 +69,29 @@ pub struct GeneratedRoot {
     pub access_key_id: String,
     pub secret_access_key: Secret,
     pub path: std::path::PathBuf,
+}
+
+impl GeneratedRoot {
+    /// Tells the operator about the new key. The secret is printed once, and only when
+    /// stderr is a terminal: never into a log file, a pipe or a journal. Otherwise a
+    /// warning names the file that holds it.
+    pub fn announce(&self) {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "\nstreamvault generated a root access key (saved in {}, mode 0600):\n  access key id:     {}\n  secret access key: {}\nUse them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for clients.\n",
+                self.path.display(),
+                self.access_key_id,
+                self.secret_access_key.0
+            );
+        } else {
+            tracing::warn!(
+                path = %self.path.display(),
+                access_key_id = %self.access_key_id,
+                "generated a root access key; its secret is not logged (stderr is not a terminal): read it from the file"
+            );
+        }
+    }
 }
 
 /// Matches a glob with `*` wildcards.
@@ -195,6 +218,7 @@ fn random_chars(n: usize, alphabet: &[u8]) -> anyhow::Result<String> {
 fn read_or_generate(path: &Path) -> anyhow::Result<(String, Secret, bool)> {
     if path.exists() {
         let text = std::fs::read_to_string(path)?;
+        crate::fsperm::warn_if_exposed(path, "credentials");
         let t: toml::Table = text.parse()?;
         let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         match (get("access_key_id"), get("secret_access_key")) {

@@ -86,6 +86,11 @@ struct CheckArgs {
 
 fn load_settings(c: &Common) -> anyhow::Result<Settings> {
     let mut s = Settings::load(c.config.as_deref(), std::env::vars())?;
+    if let Some(path) = c.config.as_deref()
+        && (s.secret_access_key.is_some() || !s.auth.keys.is_empty())
+    {
+        crate::fsperm::warn_if_exposed(path, "settings (with secret access keys)");
+    }
     if let Some(d) = &c.data_dir {
         s.data_dir = d.clone();
     }
@@ -96,9 +101,12 @@ fn init_logging() {
     let filter = std::env::var("STREAMVAULT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
+    // Colour only for a terminal: escape codes in a log file or journal are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -217,7 +225,9 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
         crate::store::Keyring::load(&settings.keys.default_key_id, &default_path, &files)?;
     let objects = crate::store::object_store_from_settings(&settings)?;
     let store = crate::store::FragmentStore::new(objects, Arc::new(keyring));
-    let index = crate::index::sqlite::SqliteIndex::open(&settings.index_path())?;
+    // Read-only: `check` may run beside a live server and must not make its commits
+    // wait or fail (a checkpoint or migration would take the write lock).
+    let index = crate::index::sqlite::SqliteIndex::open_read_only(&settings.index_path())?;
     let opts = crate::check::Options {
         deep: a.deep,
         local_root: (settings.store.backend == crate::config::StoreBackend::Local)

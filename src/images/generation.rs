@@ -6,11 +6,13 @@
 //!
 //! Destinations (`DestinationConfig.Uri`):
 //! - `s3://<bucket>/<prefix>`: the server's own object store (the one holding the
-//!   fragments), key `<prefix>/<stream name>/<epoch ms>.<jpg|png>`. The bucket part is
+//!   fragments), key `<prefix>/<stream id>/<epoch ms>.<jpg|png>.sv`, sealed with the
+//!   stream's data key like a fragment (`store::FragmentStore::put_image`). The bucket part is
 //!   not used (the server has one store); the prefix must not be empty nor start with
 //!   `streams` (where fragments live).
 //! - `file://<dir>/<prefix>`: a local directory,
-//!   `<images.local_dir>/<dir>/<prefix>/<stream name>/<epoch ms>.<jpg|png>`.
+//!   `<images.local_dir>/<dir>/<prefix>/<stream name>/<epoch ms>.<jpg|png>`, not
+//!   encrypted (streams named `.` and `..` get `%2E` and `%2E%2E`).
 //!
 //! The configuration is stored in the index (`stream_configs`, kind `image_generation`)
 //! and goes away with the stream. Work is queued from ingest after the fragment's
@@ -263,15 +265,14 @@ impl Generator {
         let name = format!("{ts_ms}.{}", spec.format.extension());
         match dest {
             Destination::Store(prefix) => {
-                let key = self
-                    .catalog
-                    .store()
-                    .put_image(prefix, stream.name.as_str(), &name, bytes)
-                    .await?;
+                let dek = self.catalog.data_key(stream)?;
+                let store = self.catalog.store();
+                let key = store.put_image(&dek, prefix, &name, &bytes).await?;
                 Ok(format!("store:///{key}"))
             }
             Destination::Dir(dir) => {
-                let dir = dir.join(stream.name.as_str());
+                let dir =
+                    dir.join(crate::store::keys::name_component(stream.name.as_str()).as_ref());
                 let path = dir.join(&name);
                 let tmp = dir.join(format!(".{name}.tmp"));
                 let io = |e: std::io::Error| Error::internal(format!("{}: {e}", path.display()));

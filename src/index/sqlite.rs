@@ -1,13 +1,14 @@
 //! The embedded index: SQLite through rusqlite (bundled), WAL mode, `synchronous=FULL`
 //! so a commit that returned is on disk. One writer connection and one reader
 //! connection, each behind a mutex and used from `spawn_blocking`. Schema changes are
-//! numbered migrations tracked in `PRAGMA user_version`.
+//! numbered migrations tracked in `PRAGMA user_version`. `secure_delete` is on, and
+//! DeleteStream truncates the WAL, so a shredded key leaves no copy ([`shred`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::*;
 use crate::clock::SharedClock;
@@ -15,6 +16,8 @@ use crate::clock::SharedClock;
 #[path = "sqlite_sql.rs"]
 mod sql;
 use sql::*;
+#[path = "sqlite_shred.rs"]
+mod shred;
 
 /// Migrations, in order; `user_version` counts how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -92,6 +95,7 @@ pub struct SqliteIndex {
     reader: Arc<Mutex<Connection>>,
     /// Set on a retention view: the clock whose "now" hides expired fragments.
     view: Option<SharedClock>,
+    shred: Arc<shred::ShredState>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> IndexError {
@@ -100,10 +104,12 @@ fn db_err(e: impl std::fmt::Display) -> IndexError {
 
 fn open_conn(path: &Path) -> IndexResult<Connection> {
     let c = Connection::open(path).map_err(db_err)?;
-    c.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db_err)?;
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-        .map_err(db_err)?;
+    c.busy_timeout(shred::BUSY_TIMEOUT).map_err(db_err)?;
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+         PRAGMA secure_delete=ON;",
+    )
+    .map_err(db_err)?;
     Ok(c)
 }
 
@@ -115,11 +121,47 @@ impl SqliteIndex {
         }
         let mut w = open_conn(path)?;
         migrate(&mut w)?;
+        // A crash may have cut a shred retry short (see [`shred`]); best effort.
+        let _ = shred::truncate_wal(&w, std::time::Duration::from_millis(200));
         let r = open_conn(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(w)),
             reader: Arc::new(Mutex::new(r)),
             view: None,
+            shred: Arc::default(),
+        })
+    }
+
+    /// Opens an existing index for reading only (`streamvault check` on a live data dir):
+    /// no migration, no WAL checkpoint, no write lock ever taken, so a running server's
+    /// commits are never made to wait or fail because of it. The schema must be the one
+    /// this binary writes.
+    pub fn open_read_only(path: &Path) -> IndexResult<Self> {
+        let open = || -> IndexResult<Connection> {
+            let c = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db_err)?;
+            c.busy_timeout(shred::BUSY_TIMEOUT).map_err(db_err)?;
+            Ok(c)
+        };
+        let r = open()?;
+        let version: i64 = r
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db_err)?;
+        if version as usize != MIGRATIONS.len() {
+            return Err(IndexError::Db(format!(
+                "index schema version {version} is not this binary's ({}); run `serve` once to migrate",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(Self {
+            writer: Arc::new(Mutex::new(open()?)),
+            reader: Arc::new(Mutex::new(r)),
+            view: None,
+            shred: Arc::default(),
         })
     }
 
@@ -211,7 +253,9 @@ fn migrate(c: &mut Connection) -> IndexResult<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = c.transaction().map_err(db_err)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
             .map_err(db_err)?;
@@ -348,7 +392,9 @@ fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
 impl Index for SqliteIndex {
     async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord> {
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0)).map_err(db_err)?;
             if count as u64 >= max_streams {
                 return Err(IndexError::StreamLimit(max_streams));
@@ -449,7 +495,9 @@ impl Index for SqliteIndex {
             new_version.to_owned(),
         );
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
             match &update {
@@ -495,8 +543,11 @@ impl Index for SqliteIndex {
         now_ms: EpochMillis,
     ) -> IndexResult<()> {
         let (id, expected) = (stream_id.to_owned(), expected_version.map(str::to_owned));
-        self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+        let shred = self.shred.clone();
+        let retry = self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
             // Crypto-shred first: the wrapped data key is overwritten before the row goes,
@@ -510,9 +561,13 @@ impl Index for SqliteIndex {
             .map_err(db_err)?;
             tx.execute("DELETE FROM streams WHERE stream_id = ?1", [&id]).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
-            Ok(())
+            Ok(shred.after_delete(c))
         })
-        .await
+        .await?;
+        if retry {
+            self.retry_shred();
+        }
+        Ok(())
     }
 
     async fn stream_count(&self) -> IndexResult<u64> {
@@ -528,7 +583,9 @@ impl Index for SqliteIndex {
     async fn reserve_fragment_seqs(&self, stream_id: &str, count: u64) -> IndexResult<u64> {
         let id = stream_id.to_owned();
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let first: Option<i64> = tx
                 .query_row(
                     "SELECT seq_reserved FROM streams WHERE stream_id = ?1",
@@ -753,7 +810,9 @@ impl Index for SqliteIndex {
         limit: usize,
     ) -> IndexResult<Vec<GarbageRecord>> {
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let streams: Vec<(String, i64)> = {
                 let mut st = tx
                     .prepare_cached("SELECT stream_id, retention_hours FROM streams ORDER BY stream_id")
@@ -806,7 +865,9 @@ impl Index for SqliteIndex {
     ) -> IndexResult<Vec<GarbageRecord>> {
         let id = stream_id.to_owned();
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             let total: i64 = tx
                 .query_row(
                     "SELECT COALESCE(SUM(object_size), 0) FROM fragments WHERE stream_id = ?1",
@@ -893,7 +954,9 @@ impl Index for SqliteIndex {
     ) -> IndexResult<()> {
         let (id, kind) = (stream_id.to_owned(), kind.to_owned());
         self.write(move |c| {
-            let tx = c.transaction().map_err(db_err)?;
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
             if stream_where(&tx, STREAM_BY_ID, &id)?.is_none() {
                 return Err(IndexError::StreamNotFound(id));
             }

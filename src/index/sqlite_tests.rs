@@ -503,3 +503,117 @@ async fn dedupe_respects_the_retention_view_and_rolls_back_on_error() {
     );
     assert_eq!(raw.fragments_after(A, None, 10).await.unwrap().len(), 2);
 }
+
+const B: &str = "0000000000000000000000000000000b";
+
+/// The files of the index at `p` (database, `-wal`, `-shm`) that hold any 16-byte
+/// window of `needle`.
+fn files_holding(p: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let dir = p.parent().unwrap();
+    let base = p.file_name().unwrap().to_str().unwrap();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if !name.starts_with(base) {
+            continue;
+        }
+        let bytes = std::fs::read(dir.join(&name)).unwrap();
+        if needle
+            .windows(16)
+            .any(|w| bytes.windows(16).any(|b| b == w))
+        {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// A wrapped key no other byte run of the index resembles.
+fn distinctive_key(seed: u8) -> Vec<u8> {
+    (0..60u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(seed) ^ 0xa5)
+        .collect()
+}
+
+fn stream_with_key(name: &str, id: &str, key: &[u8]) -> NewStream {
+    NewStream {
+        wrapped_key: key.to_vec(),
+        ..new_stream(name, id)
+    }
+}
+
+#[tokio::test]
+async fn delete_stream_leaves_no_copy_of_the_wrapped_key_in_the_file_or_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("i.sqlite3");
+    let idx = SqliteIndex::open(&p).unwrap();
+    let (ka, kb) = (distinctive_key(1), distinctive_key(2));
+    // A: its row rewritten (a wider retention moves the cell, leaving the old one in the
+    // page's free space), then checkpointed into the database file.
+    idx.create_stream(stream_with_key("cam-a", A, &ka), 10)
+        .await
+        .unwrap();
+    idx.update_stream(A, None, StreamUpdate::Retention { hours: 100_000 }, "v2")
+        .await
+        .unwrap();
+    idx.close();
+    // B: only in the WAL.
+    idx.create_stream(stream_with_key("cam-b", B, &kb), 10)
+        .await
+        .unwrap();
+    assert!(
+        !files_holding(&p, &ka).is_empty(),
+        "the scan finds a live key"
+    );
+    assert!(
+        !files_holding(&p, &kb).is_empty(),
+        "the scan finds a live key"
+    );
+
+    idx.delete_stream(A, None, 5).await.unwrap();
+    idx.delete_stream(B, None, 5).await.unwrap();
+    assert_eq!(files_holding(&p, &ka), Vec::<String>::new());
+    assert_eq!(files_holding(&p, &kb), Vec::<String>::new());
+    assert_eq!(idx.stream_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_reader_holding_the_wal_delays_the_shred_checkpoint_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("i.sqlite3");
+    let idx = SqliteIndex::open(&p).unwrap();
+    let ka = distinctive_key(3);
+    idx.create_stream(stream_with_key("cam-a", A, &ka), 10)
+        .await
+        .unwrap();
+    // Another connection (say `streamvault check`) reads in a transaction that began
+    // before the delete: the WAL cannot be reset under it.
+    let other = Connection::open(&p).unwrap();
+    other.execute_batch("BEGIN").unwrap();
+    let n: i64 = other
+        .query_row("SELECT COUNT(*) FROM streams", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let started = std::time::Instant::now();
+    idx.delete_stream(A, None, 5).await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "DeleteStream does not wait for the reader"
+    );
+    assert!(
+        files_holding(&p, &ka).contains(&"i.sqlite3-wal".to_owned()),
+        "the reader still pins the WAL"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    // The background retry truncates the WAL soon after the reader ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !files_holding(&p, &ka).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still on disk: {:?}",
+            files_holding(&p, &ka)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

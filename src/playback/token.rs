@@ -276,6 +276,7 @@ impl TokenSigner {
             generated = Some(path.clone());
         }
         let text = std::fs::read(&path)?;
+        crate::fsperm::warn_if_exposed(&path, "session token key");
         let trimmed: Vec<u8> = text
             .iter()
             .copied()

@@ -33,6 +33,8 @@ const WRAP_AAD: &[u8] = b"streamvault data key v1:";
 pub enum BlobKind {
     Fragment = 1,
     SessionHeader = 2,
+    /// A generated image; identity from its file name (`keys::image_identity`).
+    Image = 3,
 }
 
 /// Crypto failures. Messages never include key material.
@@ -322,6 +324,7 @@ fn read_key_file(path: &Path) -> Result<SecretKey, CryptoError> {
         reason,
     };
     let raw = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    crate::fsperm::warn_if_exposed(path, "master key");
     let trimmed: Vec<u8> = raw
         .iter()
         .copied()

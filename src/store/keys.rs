@@ -2,18 +2,22 @@
 //!
 //! ```text
 //! streams/<stream id>/fragments/<seq, 20 digits>.mkv.sv
-//! <image prefix>/<stream name>/<epoch ms>.<jpg|png>     (image generation, plaintext)
+//! <image prefix>/<stream id>/<epoch ms>.<jpg|png>.sv   (image generation, sealed)
 //! ```
 //!
 //! `<stream id>` is the 32-hex-digit id the index gives each stream incarnation (never a
 //! user-chosen name, so any name is a safe key and a re-created stream never sees the old
-//! one's objects). Fixed-width sequence numbers keep listings in fragment order.
+//! one's objects). Fixed-width sequence numbers keep listings in fragment order. Where a
+//! stream name must name a directory (image generation's `file://` sink),
+//! [`name_component`] makes it one that cannot climb (`.` and `..` are valid names).
 
 use object_store::path::Path;
 
 const STREAMS: &str = "streams";
 const FRAGMENTS: &str = "fragments";
 const SUFFIX: &str = ".mkv.sv";
+/// Suffix of every sealed object that is not a fragment.
+const SEALED: &str = ".sv";
 
 /// Whether `id` is a well-formed stream id (32 lowercase hex digits).
 pub fn is_stream_id(id: &str) -> bool {
@@ -42,12 +46,32 @@ pub fn fragment_key(stream_id: &str, seq: u64) -> Path {
 
 /// Key of a generated image. `prefix` never starts with `streams` (checked where image
 /// generation configurations are accepted), so images never mix with fragments.
-pub fn image_key(prefix: &str, stream_name: &str, file_name: &str) -> Path {
+pub fn image_key(prefix: &str, stream_id: &str, file_name: &str) -> Path {
+    debug_assert!(is_stream_id(stream_id));
     let mut parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
     debug_assert!(parts.first().is_some_and(|p| *p != STREAMS));
-    parts.push(stream_name);
-    parts.push(file_name);
+    let sealed = format!("{file_name}{SEALED}");
+    parts.push(stream_id);
+    parts.push(&sealed);
     Path::from_iter(parts)
+}
+
+/// The identity a sealed image is bound to: the first 8 bytes of SHA-256 of its file
+/// name (which holds its timestamp and format), so an image moved to another name fails
+/// to open.
+pub fn image_identity(file_name: &str) -> u64 {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, file_name.as_bytes());
+    u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
+}
+
+/// A stream name as one file-system path component: `.` and `..` (valid stream names)
+/// become `%2E` and `%2E%2E`, as `object_store` encodes them; every other valid name
+/// (`[a-zA-Z0-9_.-]`) is already a plain component.
+pub fn name_component(name: &str) -> std::borrow::Cow<'_, str> {
+    match name {
+        "." | ".." => name.replace('.', "%2E").into(),
+        _ => name.into(),
+    }
 }
 
 /// Parses a fragment key back into (stream id, sequence number).
@@ -82,5 +106,26 @@ mod tests {
             None
         );
         assert!(k.prefix_matches(&stream_prefix(id)));
+    }
+
+    #[test]
+    fn stream_names_never_climb() {
+        for (name, want) in [
+            (".", "%2E"),
+            ("..", "%2E%2E"),
+            ("a..b", "a..b"),
+            ("...", "..."),
+        ] {
+            assert_eq!(name_component(name), want);
+        }
+        let base = std::path::Path::new("/images/out");
+        for name in [".", ".."] {
+            let p = base.join(name_component(name).as_ref());
+            assert_eq!(p.parent(), Some(base), "{name}");
+            assert!(p.components().all(|c| matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )));
+        }
     }
 }

@@ -140,30 +140,35 @@ impl FragmentStore {
             .collect())
     }
 
-    /// Writes a generated image (image generation's deliverable, like the images AWS
-    /// writes to S3): **not encrypted**, outside the fragments' `streams/` prefix, at
-    /// `<prefix>/<stream name>/<file name>`. Returns the key.
+    /// Writes a generated image (image generation's `s3://` deliverable), sealed with the
+    /// stream's data key like a fragment ([`BlobKind::Image`], bound to its file name), at
+    /// `<prefix>/<stream id>/<file name>.sv`, outside the fragments' `streams/` prefix.
+    /// Returns the key.
     pub async fn put_image(
         &self,
+        key: &DataKey,
         prefix: &str,
-        stream_name: &str,
         file_name: &str,
-        bytes: Bytes,
+        bytes: &[u8],
     ) -> Result<String, StoreError> {
-        let path = keys::image_key(prefix, stream_name, file_name);
-        self.objects.put(&path, PutPayload::from(bytes)).await?;
+        let sealed = key.seal(BlobKind::Image, keys::image_identity(file_name), bytes)?;
+        let path = keys::image_key(prefix, key.stream_id(), file_name);
+        self.objects.put(&path, PutPayload::from(sealed)).await?;
         Ok(path.to_string())
     }
 
-    /// Reads a generated image (tests and tools).
+    /// Reads and decrypts a generated image (tests and tools).
     pub async fn get_image(
         &self,
+        key: &DataKey,
         prefix: &str,
-        stream_name: &str,
         file_name: &str,
     ) -> Result<Bytes, StoreError> {
-        self.get_raw(&keys::image_key(prefix, stream_name, file_name))
-            .await
+        let sealed = self
+            .get_raw(&keys::image_key(prefix, key.stream_id(), file_name))
+            .await?;
+        let identity = keys::image_identity(file_name);
+        Ok(Bytes::from(key.open(BlobKind::Image, identity, &sealed)?))
     }
 
     /// Deletes every object of a stream; returns how many were deleted.
@@ -266,6 +271,34 @@ mod tests {
         std::fs::write(&pa, &bytes).unwrap();
         assert!(matches!(
             store.get_fragment(&dek, 1).await,
+            Err(StoreError::Crypto(CryptoError::Integrity(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn images_are_sealed_at_rest_and_open_under_their_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
+        let (dek, _) = store.keyring().new_data_key("k", SID).unwrap();
+        let jpeg = [&[0xff, 0xd8, 0xff, 0xe0, 0, 16][..], b"JFIF\0", &[7u8; 500]].concat();
+        let key = store
+            .put_image(&dek, "kvs/img", "1700000000000.jpg", &jpeg)
+            .await
+            .unwrap();
+        assert_eq!(key, format!("kvs/img/{SID}/1700000000000.jpg.sv"));
+        let raw = std::fs::read(dir.path().join(&key)).unwrap();
+        assert_ne!(raw, jpeg);
+        assert!(!raw.starts_with(&[0xff, 0xd8]), "JPEG SOI at rest");
+        assert!(!raw.windows(4).any(|w| w == b"JFIF"), "JFIF marker at rest");
+        let back = store.get_image(&dek, "kvs/img", "1700000000000.jpg").await;
+        assert_eq!(&back.unwrap()[..], &jpeg[..]);
+        // Bound to its name: the same object under another name does not open.
+        let other = dir
+            .path()
+            .join(format!("kvs/img/{SID}/1700000000500.jpg.sv"));
+        std::fs::copy(dir.path().join(&key), other).unwrap();
+        assert!(matches!(
+            store.get_image(&dek, "kvs/img", "1700000000500.jpg").await,
             Err(StoreError::Crypto(CryptoError::Integrity(_)))
         ));
     }

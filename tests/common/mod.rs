@@ -178,6 +178,26 @@ impl TestServer {
         aws_sdk_kinesisvideo::Client::new(&self.sdk_config().await)
     }
 
+    /// CreateStream with a retention (hours), through the SDK.
+    pub async fn create_stream(&self, name: &str, retention_hours: i32) {
+        self.control()
+            .await
+            .create_stream()
+            .stream_name(name)
+            .data_retention_in_hours(retention_hours)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// DeleteStream by ARN (looked up with DescribeStream), through the SDK.
+    pub async fn delete_stream(&self, name: &str) {
+        let c = self.control().await;
+        let d = c.describe_stream().stream_name(name).send().await.unwrap();
+        let arn = d.stream_info().unwrap().stream_arn().unwrap();
+        c.delete_stream().stream_arn(arn).send().await.unwrap();
+    }
+
     /// A raw JSON POST, for cases the SDK cannot express.
     pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
         raw_http(self.addr, "POST", path, body).await
@@ -261,8 +281,8 @@ pub async fn raw_http_signed(
 
 /// Sends raw request bytes and returns (status, head+body text).
 pub async fn send_raw(addr: std::net::SocketAddr, raw: String, body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(raw.as_bytes()).await.unwrap();
     // A rejected request may be closed before its body is read.
@@ -568,7 +588,8 @@ impl DataDir {
         .unwrap();
         let objects = streamvault::store::object_store_from_settings(&settings).unwrap();
         Self {
-            index: streamvault::index::sqlite::SqliteIndex::open(&settings.index_path()).unwrap(),
+            index: streamvault::index::sqlite::SqliteIndex::open_read_only(&settings.index_path())
+                .unwrap(),
             store: streamvault::store::FragmentStore::new(objects, Arc::new(ring)),
         }
     }
