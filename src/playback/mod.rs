@@ -282,7 +282,6 @@ fn ticks(ns: i128, timescale: u32) -> i64 {
 /// AAC frame duration per sample from its first frame's time.
 pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged> {
     let base_ns = i128::from(f.row.producer_ts_ms) * 1_000_000 - i128::from(f.cluster_ns);
-    let end_ns = i128::from(f.row.producer_ts_ms + f.row.duration_ms.max(0)) * 1_000_000;
     let mut video = Vec::new();
     if let Some(v) = &config.video {
         let frames: Vec<_> = f.frames.iter().filter(|fr| fr.track == v.track).collect();
@@ -299,7 +298,13 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
             .max()
             .unwrap_or(0)
             .max(0);
-        let end = ticks(end_ns, VIDEO_TIMESCALE) - delay;
+        // The fragment's duration is its video presentation span: it ends that long
+        // after its earliest presentation time.
+        let span = ticks(
+            i128::from(f.row.duration_ms.max(0)) * 1_000_000,
+            VIDEO_TIMESCALE,
+        );
+        let end = sorted.first().map_or(0, |first| first + span) - delay;
         let n = frames.len();
         for (i, fr) in frames.iter().enumerate() {
             let dts = sorted[i] - delay;
