@@ -39,38 +39,27 @@ fn gst(pipeline: &str) -> Option<Vec<u8>> {
     Some(generate("gst-launch-1.0", &args))
 }
 
-/// A bit-exact, single-threaded ffmpeg encode of lavfi testsrc2 with `codec` options
+/// lavfi's moving test picture, 320x240 at 30 fps.
+const PICTURE: &str = "-f lavfi -i testsrc2=size=320x240:rate=30";
+/// libx264 in closed 1 s GOPs (30 frames).
+const X264_GOP_1S: &str = "-c:v libx264 -g 30 -keyint_min 30 -sc_threshold 0";
+
+/// A bit-exact, single-threaded ffmpeg encode (`inputs`, then output `codec` options)
 /// into a live-style MKV (clusters cut only at keyframes).
-fn ffmpeg(inputs: &[&str], codec: &[&str]) -> Option<Vec<u8>> {
+fn ffmpeg(inputs: &str, codec: &str) -> Option<Vec<u8>> {
     if !have_tool("ffmpeg") {
         eprintln!("SKIPPED: ffmpeg not installed");
         return None;
     }
-    let mut args = vec!["-nostdin", "-v", "error", "-y"];
-    args.extend(inputs);
-    args.extend([
-        "-fflags",
-        "+bitexact",
-        "-flags:v",
-        "+bitexact",
-        "-flags:a",
-        "+bitexact",
-        "-threads",
-        "1",
-    ]);
-    args.extend(codec);
-    args.extend([
-        "-f",
-        "matroska",
-        "-live",
-        "1",
-        "-cluster_time_limit",
-        "10000",
-        "-cluster_size_limit",
-        "10000000",
-        "{out}",
-    ]);
-    Some(generate("ffmpeg", &args))
+    let args = format!(
+        "-nostdin -v error -y {inputs} -fflags +bitexact -flags:v +bitexact -flags:a +bitexact \
+         -threads 1 {codec} -f matroska -live 1 -cluster_time_limit 10000 \
+         -cluster_size_limit 10000000 {{out}}"
+    );
+    Some(generate(
+        "ffmpeg",
+        &args.split_whitespace().collect::<Vec<_>>(),
+    ))
 }
 
 /// ffmpeg's `framemd5` of the first video stream of `input` (file or URL): one hash per
@@ -78,20 +67,8 @@ fn ffmpeg(inputs: &[&str], codec: &[&str]) -> Option<Vec<u8>> {
 /// producer clock).
 fn framemd5(input: &str) -> Vec<String> {
     let o = Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            input,
-            "-map",
-            "0:v:0",
-            "-fps_mode",
-            "passthrough",
-            "-f",
-            "framemd5",
-            "-",
-        ])
+        .args(["-nostdin", "-v", "error", "-i", input])
+        .args("-map 0:v:0 -fps_mode passthrough -f framemd5 -".split_whitespace())
         .output()
         .unwrap();
     assert!(
@@ -148,6 +125,13 @@ async fn upload(srv: &TestServer, name: &str, mkv: &[u8]) -> usize {
         .len()
 }
 
+/// An ON_DEMAND DASH session over the first minute after `T0`.
+fn dash_body(name: &str) -> Value {
+    json!({"StreamName": name, "PlaybackMode": "ON_DEMAND",
+        "DASHFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+            "TimestampRange": {"StartTimestamp": T0, "EndTimestamp": T0 + 60}}})
+}
+
 /// GetClip, HLS (fMP4 and TS) and DASH of stream `name` decode to exactly the source's
 /// frames. Returns the clip.
 async fn bit_exact_everywhere(srv: &TestServer, name: &str, source: &[u8]) -> Vec<u8> {
@@ -170,14 +154,7 @@ async fn bit_exact_everywhere(srv: &TestServer, name: &str, source: &[u8]) -> Ve
     let hls = |container: &str| hls_body(name, "ON_DEMAND", container, Some(T0 + 60));
     let fmp4 = session_url(srv, "/getHLSStreamingSessionURL", hls("FRAGMENTED_MP4")).await;
     let ts = session_url(srv, "/getHLSStreamingSessionURL", hls("MPEG_TS")).await;
-    let dash = session_url(
-        srv,
-        "/getDASHStreamingSessionURL",
-        json!({"StreamName": name, "PlaybackMode": "ON_DEMAND",
-            "DASHFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
-                "TimestampRange": {"StartTimestamp": T0, "EndTimestamp": T0 + 60}}}),
-    )
-    .await;
+    let dash = session_url(srv, "/getDASHStreamingSessionURL", dash_body(name)).await;
     let (a, b, c) = tokio::join!(
         framemd5_of_url(fmp4),
         framemd5_of_url(ts),
@@ -251,30 +228,8 @@ async fn ffmpeg_10bit_444_and_422_remux_bit_exact_with_record_unchanged() {
         ("h422", "yuv422p10le", "high422"),
     ] {
         let Some(mkv) = ffmpeg(
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=30",
-                "-t",
-                "3",
-            ],
-            &[
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-pix_fmt",
-                pix,
-                "-profile:v",
-                profile,
-                "-g",
-                "30",
-                "-keyint_min",
-                "30",
-                "-sc_threshold",
-                "0",
-            ],
+            &format!("{PICTURE} -t 3"),
+            &format!("{X264_GOP_1S} -preset veryfast -pix_fmt {pix} -profile:v {profile}"),
         ) else {
             return;
         };
@@ -295,38 +250,10 @@ async fn ffmpeg_10bit_444_and_422_remux_bit_exact_with_record_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_bframes_bit_exact_and_fragment_durations_are_presentation_spans() {
     let Some(mkv) = ffmpeg(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=1000:sample_rate=48000",
-            "-t",
-            "6",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-        ],
-        &[
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "high",
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "30",
-            "-keyint_min",
-            "30",
-            "-sc_threshold",
-            "0",
-            "-c:a",
-            "aac",
-        ],
+        &format!(
+            "{PICTURE} -f lavfi -i sine=frequency=1000:sample_rate=48000 -t 6 -map 0:v -map 1:a"
+        ),
+        &format!("{X264_GOP_1S} -profile:v high -pix_fmt yuv420p -c:a aac"),
     ) else {
         return;
     };
@@ -378,16 +305,6 @@ async fn ffmpeg_bframes_bit_exact_and_fragment_durations_are_presentation_spans(
         "{media}"
     );
     assert!(media.contains("#EXT-X-TARGETDURATION:1\n"), "{media}");
-    let mpd = text(
-        &session_url(
-            &srv,
-            "/getDASHStreamingSessionURL",
-            json!({"StreamName": "bf", "PlaybackMode": "ON_DEMAND",
-                "DASHFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
-                    "TimestampRange": {"StartTimestamp": T0, "EndTimestamp": T0 + 60}}}),
-        )
-        .await,
-    )
-    .await;
+    let mpd = text(&session_url(&srv, "/getDASHStreamingSessionURL", dash_body("bf")).await).await;
     assert_eq!(mpd.matches(r#" d="1000""#).count(), 12, "{mpd}");
 }
