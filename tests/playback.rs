@@ -6,6 +6,8 @@
 
 #[path = "playback/browser.rs"]
 mod browser;
+#[path = "playback/codecs.rs"]
+mod codecs;
 mod common;
 
 use std::process::Command;

@@ -125,10 +125,12 @@ impl Builder {
         }
     }
 
-    /// The finished fragment.
-    pub fn finish(self, timing: &TrackTiming) -> Fragment {
-        let duration_ms =
-            self.duration_ticks(timing) as i128 * self.timecode_scale_ns as i128 / 1_000_000;
+    /// The finished fragment; `next_start` is the next fragment's first presentation
+    /// time when a keyframe (or, audio only, a cluster) ends this one.
+    pub fn finish(self, timing: &TrackTiming, next_start: Option<i64>) -> Fragment {
+        let duration_ms = self.duration_ticks(timing, next_start) as i128
+            * self.timecode_scale_ns as i128
+            / 1_000_000;
         let frame_count = self.blocks.len();
         let cluster = match (&self.header, self.verbatim) {
             (Some(h), true) => {
@@ -157,40 +159,50 @@ impl Builder {
         }
     }
 
-    /// From the cluster timecode to the end of the last frame. A frame's length is its
-    /// BlockDuration, else its track's DefaultDuration, else (video) the smallest gap
-    /// between consecutive video frames of the fragment, else 0.
-    fn duration_ticks(&self, timing: &TrackTiming) -> i64 {
-        let mut video: Vec<i64> = self
+    /// The fragment's presentation span, in TimecodeScale units: from its earliest to its
+    /// latest presentation time plus that last frame's length. Block timecodes are
+    /// presentation times, so B-frames need nothing special. It is measured on the video
+    /// frames when there are any: audio is interleaved by decode time (ffmpeg's AAC blocks
+    /// lead a B-frame stream's clusters by up to three frames) and is not what the
+    /// fragment shows. A frame's length is its BlockDuration, else its track's
+    /// DefaultDuration, else the distance to `next_start` (the next fragment's first
+    /// presentation time) when that is at most two frame intervals, else the smallest
+    /// interval between the measured presentation times, else 0.
+    fn duration_ticks(&self, timing: &TrackTiming, next_start: Option<i64>) -> i64 {
+        let has_video = self.blocks.iter().any(|b| timing.video.contains(&b.track));
+        let measured: Vec<&StoredBlock> = self
             .blocks
             .iter()
-            .filter(|b| timing.video.contains(&b.track))
-            .map(|b| b.abs)
+            .filter(|b| !has_video || timing.video.contains(&b.track))
             .collect();
-        video.sort_unstable();
-        let gap = video
+        let mut pts: Vec<i64> = measured.iter().map(|b| b.abs).collect();
+        pts.sort_unstable();
+        let (Some(&first), Some(&last)) = (pts.first(), pts.last()) else {
+            return 0;
+        };
+        let gap = pts
             .windows(2)
             .map(|w| w[1] - w[0])
             .filter(|d| *d > 0)
             .min()
             .unwrap_or(0);
-        let end = self
-            .blocks
+        let to_next = next_start
+            .map(|n| n - last)
+            .filter(|d| *d > 0 && *d <= 2 * gap);
+        let end = measured
             .iter()
+            .filter(|b| b.abs == last)
             .map(|b| {
-                let d = b
+                let length = b
                     .duration
                     .or_else(|| timing.default_ticks.get(&b.track).copied())
-                    .map(|d| d as i64)
-                    .unwrap_or(if timing.video.contains(&b.track) {
-                        gap
-                    } else {
-                        0
-                    });
-                b.abs + d
+                    .map(|d| i64::try_from(d).unwrap_or(i64::MAX))
+                    .or(to_next)
+                    .unwrap_or(gap);
+                last.saturating_add(length)
             })
             .max()
-            .unwrap_or(self.cluster_timecode as i64);
-        (end - self.cluster_timecode as i64).max(0)
+            .unwrap_or(last);
+        end - first
     }
 }

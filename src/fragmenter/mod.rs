@@ -552,7 +552,7 @@ impl Fragmenter {
         s.last_cluster_tc = Some(value);
         if s.timing.video.is_empty() {
             // No video track: every cluster is a fragment.
-            self.complete_current();
+            self.complete_current_before(Some(value as i64));
             self.start_fragment(None);
         }
     }
@@ -586,7 +586,7 @@ impl Fragmenter {
                 if let Some(b) = self.current.as_mut() {
                     b.verbatim = false;
                 }
-                self.complete_current();
+                self.complete_current_before(Some(abs));
                 self.start_fragment(Some(abs));
             }
             return self.append(item);
@@ -598,7 +598,7 @@ impl Fragmenter {
         }
         c.attached = true;
         if key {
-            self.complete_current();
+            self.complete_current_before(Some(abs));
             self.start_fragment(None);
         } else {
             let lead = std::mem::take(&mut c.lead);
@@ -699,6 +699,12 @@ impl Fragmenter {
     }
 
     fn complete_current(&mut self) {
+        self.complete_current_before(None);
+    }
+
+    /// Closes the open fragment; `next_start` is the presentation time of the frame that
+    /// begins the next one, when known (it can give the last frame its length).
+    fn complete_current_before(&mut self, next_start: Option<i64>) {
         let Some(b) = self.current.take() else { return };
         let s = self.session.as_ref().expect("fragment implies session");
         let (id, tc) = (Some(b.local_id), Some(b.cluster_timecode));
@@ -712,7 +718,7 @@ impl Fragmenter {
             let msg = format!("fragment has no frame for declared tracks: tracks={missing:?}");
             return self.error(error_id::MISSING_TRACK_FRAMES, id, tc, msg);
         }
-        let frag = b.finish(&s.timing);
+        let frag = b.finish(&s.timing, next_start);
         if frag.duration_ms > self.limits.max_fragment_duration_ms {
             let msg = format!(
                 "fragment longer than the limit: duration_ms={} max_ms={}",

@@ -536,6 +536,48 @@ fn missing_audio_is_4011_and_long_fragment_is_4002() {
     assert_eq!(ids_of(&out), vec![error_id::FRAGMENT_TOO_LONG]);
 }
 
+/// A closed B-frame GOP of ten video frames 33 ms apart from `rel`, in decode order
+/// (I P B B P B B P B B): block timecodes are presentation times, not monotonic.
+fn bframe_gop(rel: i16) -> Vec<(u64, i16, bool, usize)> {
+    [0i16, 3, 1, 2, 6, 4, 5, 9, 7, 8]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (1, rel + k * 33, i == 0, 40))
+        .collect()
+}
+
+/// AAC-like blocks 21 ms apart from `rel`.
+fn audio_run(rel: i16, n: i16) -> Vec<(u64, i16, bool, usize)> {
+    (0..n).map(|i| (2, rel + i * 21, false, 10)).collect()
+}
+
+#[test]
+fn durations_are_video_presentation_spans_with_b_frames_and_leading_audio() {
+    // Like ffmpeg's B-frame + AAC clusters: audio is interleaved by decode time, so each
+    // cluster after the first starts with audio 50 ms before its keyframe's presentation
+    // time. Each fragment shows 10 frames × 33 ms = 330 ms of video (the old
+    // cluster-timecode-to-last-block rule gave 330, 380, 380).
+    let cluster = |lead: i16| {
+        let mut b = audio_run(0, 2);
+        b.extend(bframe_gop(lead));
+        b.extend(audio_run(42, 13));
+        b
+    };
+    let out = Synth::new(&[(1, 1), (2, 2)])
+        .cluster(0, &cluster(0))
+        .cluster(280, &cluster(50))
+        .cluster(610, &cluster(50))
+        .run();
+    assert!(errors(&out).is_empty(), "{:?}", errors(&out));
+    let got: Vec<(u64, i64)> = fragments(&out)
+        .iter()
+        .map(|f| (f.cluster_timecode, f.duration_ms))
+        .collect();
+    // The last frame's length: the next fragment's first presentation time (33 ms away)
+    // for the first two, the frame interval for the last.
+    assert_eq!(got, vec![(0, 330), (280, 330), (610, 330)]);
+}
+
 #[test]
 fn new_ebml_header_starts_a_new_session() {
     let a = Synth::new(&[(1, 1)]).cluster(0, &gop(0));

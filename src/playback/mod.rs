@@ -12,6 +12,7 @@
 //! frame's offset from the cluster timecode, so segments of one stream line up without
 //! any per-session state.
 
+pub mod codec;
 pub mod dash;
 pub mod hls;
 pub mod mp4;
@@ -23,14 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use shiguredo_mp4::boxes::{
-    AudioSampleEntryFields, Avc1Box, AvccBox, EsdsBox, Hvc1Box, HvccBox, Mp4aBox, SampleEntry,
-    VisualSampleEntryFields,
-};
+use shiguredo_mp4::boxes::{AudioSampleEntryFields, EsdsBox, Mp4aBox, SampleEntry};
 use shiguredo_mp4::descriptors::{
     DecoderConfigDescriptor, DecoderSpecificInfo, EsDescriptor, SlConfigDescriptor,
 };
-use shiguredo_mp4::{Decode, FixedPointNumber, Uint};
+use shiguredo_mp4::{FixedPointNumber, Uint};
 
 use crate::clock::EpochMillis;
 use crate::config::PlaybackSettings;
@@ -93,7 +91,7 @@ impl MediaConfig {
     /// AudioSpecificConfig. Anything else is one of the modeled codec errors.
     pub fn from_session(info: &SessionInfo) -> Result<Self> {
         let video = match info.track_of_type(1) {
-            Some(t) => Some(video_config(t)?),
+            Some(t) => Some(codec::video_config(t)?),
             None => None,
         };
         let audio = match info.track_of_type(2) {
@@ -150,126 +148,6 @@ fn invalid_private(t: &crate::mkv::TrackEntry, why: impl std::fmt::Display) -> E
             t.number, t.codec_id
         ),
     )
-}
-
-/// `box_type` header + payload, so a CodecPrivate record decodes as its MP4 box.
-fn as_box(box_type: &[u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(payload.len() + 8);
-    b.extend_from_slice(&((payload.len() + 8) as u32).to_be_bytes());
-    b.extend_from_slice(box_type);
-    b.extend_from_slice(payload);
-    b
-}
-
-fn visual(width: u16, height: u16) -> VisualSampleEntryFields {
-    VisualSampleEntryFields {
-        data_reference_index: VisualSampleEntryFields::DEFAULT_DATA_REFERENCE_INDEX,
-        width,
-        height,
-        horizresolution: VisualSampleEntryFields::DEFAULT_HORIZRESOLUTION,
-        vertresolution: VisualSampleEntryFields::DEFAULT_VERTRESOLUTION,
-        frame_count: VisualSampleEntryFields::DEFAULT_FRAME_COUNT,
-        compressorname: VisualSampleEntryFields::NULL_COMPRESSORNAME,
-        depth: VisualSampleEntryFields::DEFAULT_DEPTH,
-    }
-}
-
-fn video_config(t: &crate::mkv::TrackEntry) -> Result<VideoConfig> {
-    let codec = match t.codec_id.as_str() {
-        "V_MPEG4/ISO/AVC" | "V_MPEG/ISO/AVC" => VideoCodec::H264,
-        "V_MPEGH/ISO/HEVC" | "V_MPEG/ISO/HEVC" => VideoCodec::H265,
-        other => {
-            return Err(Error::new(
-                ErrorKind::UnsupportedStreamMediaType,
-                format!(
-                    "video codec cannot be packaged (H.264 and H.265 can): track={} codec={other}",
-                    t.number
-                ),
-            ));
-        }
-    };
-    let cp = codec_private(t)?;
-    let (mkv_w, mkv_h) = t
-        .video
-        .as_ref()
-        .map(|v| (v.pixel_width, v.pixel_height))
-        .unwrap_or((0, 0));
-    match codec {
-        VideoCodec::H264 => {
-            let (avcc, _) =
-                AvccBox::decode(&as_box(b"avcC", cp)).map_err(|e| invalid_private(t, e))?;
-            let sps = avcc
-                .sps_list
-                .first()
-                .ok_or_else(|| invalid_private(t, "avcC holds no SPS"))?;
-            if avcc.pps_list.is_empty() {
-                return Err(invalid_private(t, "avcC holds no PPS"));
-            }
-            let (w, h) = match shiguredo_mp4::bitstream::h264::parse_sps(sps) {
-                Ok(s) => (s.width, s.height),
-                Err(_) => (clamp16(mkv_w), clamp16(mkv_h)),
-            };
-            let nal_length_size = usize::from(avcc.length_size_minus_one.get()) + 1;
-            let mut parameter_sets: Vec<Bytes> = Vec::new();
-            parameter_sets.extend(avcc.sps_list.iter().map(|s| Bytes::copy_from_slice(s)));
-            parameter_sets.extend(avcc.pps_list.iter().map(|s| Bytes::copy_from_slice(s)));
-            Ok(VideoConfig {
-                track: t.number,
-                codec,
-                width: w,
-                height: h,
-                nal_length_size,
-                parameter_sets,
-                entry: SampleEntry::Avc1(Avc1Box {
-                    visual: visual(w, h),
-                    avcc_box: avcc,
-                    unknown_boxes: Vec::new(),
-                }),
-            })
-        }
-        VideoCodec::H265 => {
-            let (hvcc, _) =
-                HvccBox::decode(&as_box(b"hvcC", cp)).map_err(|e| invalid_private(t, e))?;
-            let mut parameter_sets: Vec<Bytes> = Vec::new();
-            let mut sps = None;
-            // VPS (32), SPS (33), PPS (34), in that order.
-            for want in [32u8, 33, 34] {
-                for a in &hvcc.nalu_arrays {
-                    if a.nal_unit_type.get() == want {
-                        for n in &a.nalus {
-                            if want == 33 && sps.is_none() {
-                                sps = Some(n.clone());
-                            }
-                            parameter_sets.push(Bytes::copy_from_slice(n));
-                        }
-                    }
-                }
-            }
-            let sps = sps.ok_or_else(|| invalid_private(t, "hvcC holds no SPS"))?;
-            let (w, h) = match shiguredo_mp4::bitstream::h265::parse_sps(&sps) {
-                Ok(s) => (s.width, s.height),
-                Err(_) => (clamp16(mkv_w), clamp16(mkv_h)),
-            };
-            let nal_length_size = usize::from(hvcc.length_size_minus_one.get()) + 1;
-            Ok(VideoConfig {
-                track: t.number,
-                codec,
-                width: w,
-                height: h,
-                nal_length_size,
-                parameter_sets,
-                entry: SampleEntry::Hvc1(Hvc1Box {
-                    visual: visual(w, h),
-                    hvcc_box: hvcc,
-                    unknown_boxes: Vec::new(),
-                }),
-            })
-        }
-    }
-}
-
-fn clamp16(v: u64) -> u16 {
-    v.min(u64::from(u16::MAX)) as u16
 }
 
 /// AAC sampling frequencies by index (ISO/IEC 14496-3).
@@ -404,7 +282,6 @@ fn ticks(ns: i128, timescale: u32) -> i64 {
 /// AAC frame duration per sample from its first frame's time.
 pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged> {
     let base_ns = i128::from(f.row.producer_ts_ms) * 1_000_000 - i128::from(f.cluster_ns);
-    let end_ns = i128::from(f.row.producer_ts_ms + f.row.duration_ms.max(0)) * 1_000_000;
     let mut video = Vec::new();
     if let Some(v) = &config.video {
         let frames: Vec<_> = f.frames.iter().filter(|fr| fr.track == v.track).collect();
@@ -421,7 +298,13 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
             .max()
             .unwrap_or(0)
             .max(0);
-        let end = ticks(end_ns, VIDEO_TIMESCALE) - delay;
+        // The fragment's duration is its video presentation span: it ends that long
+        // after its earliest presentation time.
+        let span = ticks(
+            i128::from(f.row.duration_ms.max(0)) * 1_000_000,
+            VIDEO_TIMESCALE,
+        );
+        let end = sorted.first().map_or(0, |first| first + span) - delay;
         let n = frames.len();
         for (i, fr) in frames.iter().enumerate() {
             let dts = sorted[i] - delay;
