@@ -92,7 +92,7 @@ impl Builder {
                 Ok(None)
             }
             Item::Block { block, abs } => {
-                let rel = abs - self.cluster_timecode as i64;
+                let rel = i128::from(abs) - i128::from(self.cluster_timecode);
                 let rel16 = i16::try_from(rel).map_err(|_| {
                     format!(
                         "block timecode too far from the fragment start for one cluster: offset_ticks={rel} timecode={abs}"
@@ -170,7 +170,7 @@ impl Builder {
         video.sort_unstable();
         let gap = video
             .windows(2)
-            .map(|w| w[1] - w[0])
+            .map(|w| w[1].saturating_sub(w[0]))
             .filter(|d| *d > 0)
             .min()
             .unwrap_or(0);
@@ -181,16 +181,16 @@ impl Builder {
                 let d = b
                     .duration
                     .or_else(|| timing.default_ticks.get(&b.track).copied())
-                    .map(|d| d as i64)
+                    .map(|d| i64::try_from(d).unwrap_or(i64::MAX))
                     .unwrap_or(if timing.video.contains(&b.track) {
                         gap
                     } else {
                         0
                     });
-                b.abs + d
+                b.abs.saturating_add(d)
             })
             .max()
             .unwrap_or(self.cluster_timecode as i64);
-        (end - self.cluster_timecode as i64).max(0)
+        end.saturating_sub(self.cluster_timecode as i64).max(0)
     }
 }
