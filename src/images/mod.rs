@@ -156,7 +156,7 @@ impl ImageService {
             .iter()
             .map(|&t| {
                 rows.iter()
-                    .filter(|f| ts(f) <= t && t < ts(f) + f.duration_ms.max(1))
+                    .filter(|f| ts(f) <= t && t < ts(f).saturating_add(f.duration_ms.max(1)))
                     .max_by_key(|f| (ts(f), f.seq))
                     .cloned()
             })
@@ -180,7 +180,9 @@ impl ImageService {
             let Some(row) = row else { continue };
             let target = match kind {
                 TimestampKind::Producer => *t,
-                TimestampKind::Server => row.producer_ts_ms + (t - row.server_ts_ms),
+                TimestampKind::Server => row
+                    .producer_ts_ms
+                    .saturating_add(t.saturating_sub(row.server_ts_ms)),
             };
             groups
                 .entry(row.seq)
