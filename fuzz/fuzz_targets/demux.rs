@@ -12,11 +12,11 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use streamvault::images::render::{VideoFrame, choose_frames};
 use streamvault::index::FragmentRecord;
 use streamvault::media::demux::{LoadedFragment, SessionInfo, demux_cluster};
 use streamvault::mkv::{self, Event, ids};
 use streamvault::playback::{self, MediaConfig, mp4, ts};
-use streamvault::images::render::{VideoFrame, choose_frames};
 
 const SCALES: [u64; 8] = [
     1_000_000,
@@ -40,7 +40,11 @@ fn session(sample: &[u8]) -> (Arc<SessionInfo>, Arc<MediaConfig>) {
     };
     while let Ok(Some(ev)) = r.next_event() {
         match ev {
-            Event::TopLevel { id: ids::TRACKS, raw, .. } => {
+            Event::TopLevel {
+                id: ids::TRACKS,
+                raw,
+                ..
+            } => {
                 info.tracks = mkv::parse_tracks(&raw).expect("sample tracks");
             }
             Event::ClusterStart { .. } => break,
@@ -55,7 +59,9 @@ fn sessions() -> &'static [(Arc<SessionInfo>, Arc<MediaConfig>); 2] {
     static S: OnceLock<[(Arc<SessionInfo>, Arc<MediaConfig>); 2]> = OnceLock::new();
     S.get_or_init(|| {
         [
-            session(include_bytes!("../../media-samples/h264_aac_720p_gop1s.mkv")),
+            session(include_bytes!(
+                "../../media-samples/h264_aac_720p_gop1s.mkv"
+            )),
             session(include_bytes!("../../media-samples/h264_720p_gop1s.mkv")),
         ]
     })
@@ -105,7 +111,12 @@ fuzz_target!(|data: &[u8]| {
             data: Bytes::new(),
         })
         .collect();
-    let instants = [producer_ts_ms, producer_ts_ms.saturating_add(500), i64::MAX, i64::MIN];
+    let instants = [
+        producer_ts_ms,
+        producer_ts_ms.saturating_add(500),
+        i64::MAX,
+        i64::MIN,
+    ];
     let _ = choose_frames(&video, &instants);
     // GetClip, HLS, DASH.
     let Ok(p) = playback::package(&f, config.clone()) else {
