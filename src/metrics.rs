@@ -55,3 +55,6 @@ pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
 pub const IMAGES_SERVED: &str = "streamvault_images_total";
 /// Image generation: instants processed for tagged fragments.
 pub const IMAGES_GENERATED: &str = "streamvault_images_generated_total";
+/// Image work that panicked and was contained (the job or the instants failed, the
+/// worker and the request went on), by `stage` (`generation_job`, `decode`).
+pub const IMAGE_PANICS: &str = "streamvault_image_panics_total";

@@ -75,7 +75,11 @@ impl Plan {
     /// Instants in `[start, end)`, and always `start` itself (AWS: a range shorter than
     /// the interval returns the image at StartTimestamp).
     fn count(&self) -> i64 {
-        ((self.end_ms - self.start_ms + self.step_ms - 1) / self.step_ms).max(1)
+        // i128: the old `end - start + step - 1` overflowed for a SamplingInterval near
+        // i64::MAX.
+        let span = i128::from(self.end_ms) - i128::from(self.start_ms);
+        let step = i128::from(self.step_ms.max(1));
+        ((span + step - 1) / step).clamp(1, i128::from(i64::MAX)) as i64
     }
 
     fn token(&self, next: i64) -> String {
@@ -377,5 +381,26 @@ mod tests {
         assert!(Plan { step_ms: 400, ..p }.parse_token(&t).is_err());
         assert!(p.parse_token(&p.token(10)).is_err());
         assert!(p.parse_token("!!").is_err());
+    }
+
+    #[test]
+    fn a_huge_sampling_interval_is_one_instant_not_an_overflow() {
+        let p = Plan {
+            kind: TimestampKind::Producer,
+            start_ms: 1_795_600_000_000,
+            end_ms: 1_795_600_060_000,
+            step_ms: i64::MAX,
+        };
+        assert_eq!(p.count(), 1);
+        assert_eq!(
+            Plan {
+                step_ms: i64::MAX - 1,
+                ..p
+            }
+            .count(),
+            1
+        );
+        let t = p.token(0);
+        assert_eq!(p.parse_token(&t).unwrap(), 0);
     }
 }

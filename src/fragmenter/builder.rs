@@ -92,7 +92,7 @@ impl Builder {
                 Ok(None)
             }
             Item::Block { block, abs } => {
-                let rel = abs - self.cluster_timecode as i64;
+                let rel = i128::from(abs) - i128::from(self.cluster_timecode);
                 let rel16 = i16::try_from(rel).map_err(|_| {
                     format!(
                         "block timecode too far from the fragment start for one cluster: offset_ticks={rel} timecode={abs}"
@@ -182,13 +182,13 @@ impl Builder {
         };
         let gap = pts
             .windows(2)
-            .map(|w| w[1] - w[0])
+            .map(|w| w[1].saturating_sub(w[0]))
             .filter(|d| *d > 0)
             .min()
             .unwrap_or(0);
         let to_next = next_start
-            .map(|n| n - last)
-            .filter(|d| *d > 0 && *d <= 2 * gap);
+            .map(|n| n.saturating_sub(last))
+            .filter(|d| *d > 0 && *d <= gap.saturating_mul(2));
         let end = measured
             .iter()
             .filter(|b| b.abs == last)
@@ -203,6 +203,6 @@ impl Builder {
             })
             .max()
             .unwrap_or(last);
-        end - first
+        end.saturating_sub(first).max(0)
     }
 }

@@ -536,9 +536,16 @@ impl Fragmenter {
                 "Cluster has two Timecode elements".into(),
             );
         }
+        let s = self.session.as_mut().expect("cluster implies session");
+        if ticks_to_ns(i128::from(value), s.timecode_scale_ns).is_none() {
+            let msg = format!(
+                "cluster time out of range: timecode={value} timecode_scale_ns={}",
+                s.timecode_scale_ns
+            );
+            return self.fatal_error(error_id::INVALID_MKV, None, Some(value), msg);
+        }
         c.timecode = Some(value);
         c.lead.push(Item::Child(raw));
-        let s = self.session.as_mut().expect("cluster implies session");
         if let Some(prev) = s.last_cluster_tc
             && value < prev
         {
@@ -576,8 +583,21 @@ impl Fragmenter {
             );
             return self.reject_current(error_id::UNDECLARED_TRACK, Some(tc), msg);
         }
+        // Readers demux what is stored (`media::demux`): the lace table must describe
+        // the block, and the block's time must fit in i64 ns.
+        if let Err(e) = block.laces() {
+            return self.fail_mkv(e);
+        }
+        let abs = i128::from(tc) + i128::from(block.timecode);
+        if ticks_to_ns(abs, s.timecode_scale_ns).is_none() {
+            let msg = format!(
+                "block time out of range: timecode={abs} timecode_scale_ns={} offset={}",
+                s.timecode_scale_ns, block.offset
+            );
+            return self.fatal_error(error_id::INVALID_MKV, None, Some(tc), msg);
+        }
+        let abs = abs as i64;
         let is_video = s.timing.video.contains(&block.track);
-        let abs = tc as i64 + i64::from(block.timecode);
         let key = is_video && block.keyframe;
         let item = Item::Block { block, abs };
         if c.attached {
@@ -738,6 +758,13 @@ impl Fragmenter {
         self.last_fragment_producer_ms = Some(frag.producer_ts_ms);
         self.out.push_back(Output::FragmentEnd(frag));
     }
+}
+
+/// `ticks × scale_ns` when it fits in i64 ns (the range stored times must keep).
+fn ticks_to_ns(ticks: i128, scale_ns: u64) -> Option<i64> {
+    ticks
+        .checked_mul(i128::from(scale_ns))
+        .and_then(|ns| i64::try_from(ns).ok())
 }
 
 /// Flattens Tags into (name, string value) pairs; nested SimpleTags follow their parent.

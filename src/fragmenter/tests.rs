@@ -354,11 +354,16 @@ struct Synth {
 impl Synth {
     /// EBML header + unknown-size Segment + Info (1 ms) + Tracks (1 video, optional audio).
     fn new(tracks: &[(u64, u64)]) -> Self {
+        Self::scaled(tracks, 1_000_000)
+    }
+
+    /// [`Synth::new`] with another TimecodeScale.
+    fn scaled(tracks: &[(u64, u64)], timecode_scale_ns: u64) -> Self {
         let mut body = Vec::new();
         writer::write_ebml_header(&mut body, "matroska");
         writer::segment_header_unknown(&mut body);
         let mut info = Vec::new();
-        writer::write_uint(&mut info, ids::TIMECODE_SCALE, 1_000_000);
+        writer::write_uint(&mut info, ids::TIMECODE_SCALE, timecode_scale_ns);
         writer::write_element(&mut body, ids::INFO, &info);
         let mut t = Vec::new();
         for (num, kind) in tracks {
@@ -394,6 +399,18 @@ impl Synth {
             children.push(Bytes::from(el));
         }
         self.body.extend(writer::build_cluster(tc, &children));
+        self
+    }
+
+    /// A known-size cluster with one SimpleBlock (track 1, keyframe, relative tc 0) whose
+    /// lacing bits and bytes after the flags are given.
+    fn laced_cluster(mut self, tc: u64, lacing_flags: u8, body: &[u8]) -> Self {
+        let mut b = vec![0x81, 0, 0, 0x80 | lacing_flags];
+        b.extend_from_slice(body);
+        let mut el = Vec::new();
+        writer::write_element(&mut el, 0xA3, &b);
+        self.body
+            .extend(writer::build_cluster(tc, &[Bytes::from(el)]));
         self
     }
 
@@ -469,6 +486,57 @@ fn wrong_magic_and_truncation_are_4006() {
     let out = run(cut, 64, Limits::default(), TimecodeMode::Absolute);
     assert_eq!(fragments(&out).len(), 1);
     assert_eq!(ids_of(&out), vec![error_id::INVALID_MKV]);
+}
+
+#[test]
+fn inconsistent_lace_tables_are_4006_and_never_stored() {
+    // EBML lacing whose sizes sum past i64::MAX (GetClip/GetImages panicked on it once
+    // stored), and Xiph lacing whose size runs past the block.
+    let mut wrapping = vec![0xFF, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE];
+    wrapping.extend(std::iter::repeat_n(0xBF, 254));
+    for (flags, body) in [(0x06, wrapping), (0x02, vec![1, 200, 1, 2])] {
+        let s = Synth::new(&[(1, 1)])
+            .cluster(0, &gop(0))
+            .laced_cluster(1000, flags, &body)
+            .cluster(2000, &gop(2000));
+        let out = s.run();
+        assert_eq!(ids_of(&out), vec![error_id::INVALID_MKV], "{flags:#x}");
+        assert!(
+            errors(&out)[0].message.contains("bad lacing"),
+            "{:?}",
+            errors(&out)
+        );
+        assert!(errors(&out)[0].fatal);
+        assert!(fragments(&out).iter().all(|f| f.cluster_timecode < 1000));
+    }
+    // A consistent lace table is stored as sent.
+    let s = Synth::new(&[(1, 1)]).laced_cluster(0, 0x02, &[1, 2, b'a', b'a', b'b']);
+    let out = s.run();
+    assert!(errors(&out).is_empty(), "{:?}", errors(&out));
+    assert_eq!(fragments(&out).len(), 1);
+}
+
+#[test]
+fn times_beyond_i64_ns_are_4006_not_overflows() {
+    // TimecodeScale u64::MAX: cluster 0 is fine, a block 1 tick later is not.
+    let s = Synth::scaled(&[(1, 1)], u64::MAX).cluster(0, &[(1, 0, true, 5), (1, 1, false, 5)]);
+    let out = s.run();
+    assert_eq!(ids_of(&out), vec![error_id::INVALID_MKV]);
+    assert!(errors(&out)[0].message.contains("block time out of range"));
+    // A cluster timecode near u64::MAX at 1 ns ticks; then i64::MAX itself with a block
+    // offset on top (the old `tc as i64 + offset` overflowed).
+    for tc in [u64::MAX - 5, i64::MAX as u64] {
+        let s = Synth::scaled(&[(1, 1)], 1).cluster(tc, &[(1, 5, true, 5)]);
+        let out = s.run();
+        assert_eq!(ids_of(&out), vec![error_id::INVALID_MKV], "{tc}");
+        assert!(fragments(&out).is_empty());
+    }
+    // Just inside the range.
+    let tc = i64::MAX as u64 / 1_000_000 - 1000;
+    let s = Synth::new(&[(1, 1)]).cluster(tc, &gop(tc));
+    let out = s.run();
+    assert!(errors(&out).is_empty(), "{:?}", errors(&out));
+    assert_eq!(fragments(&out).len(), 1);
 }
 
 #[test]

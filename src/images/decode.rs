@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::convert::Rgb;
+use super::sps::{self, Codec};
 
 /// Matroska codec ids.
 pub const CODEC_H264: &str = "V_MPEG4/ISO/AVC";
@@ -245,6 +246,8 @@ impl VideoDecoder for H264 {
         } else {
             length_prefixed_to_annexb(frame, self.config.nal_length_size, &mut self.buf)?;
         }
+        // The decoded-size cap, before OpenH264 sizes its buffers from the SPS.
+        sps::check_nals(Codec::H264, sps::nal_units(&self.buf, 0))?;
         match self.decoder.decode(&self.buf) {
             Ok(Some(yuv)) => {
                 sink(&YuvPicture(&yuv));
@@ -273,11 +276,13 @@ mod hevc {
 
     use ffmpeg_next as ff;
 
-    use super::{DecodeError, Picture, Rgb, Sink, VideoDecoder};
+    use super::{Codec, DecodeError, Picture, Rgb, Sink, VideoDecoder, sps};
 
     pub struct Hevc {
         decoder: ff::decoder::Video,
         frame: ff::frame::Video,
+        /// From the hvcC record (4 without one; Annex-B frames are recognised).
+        nal_length_size: usize,
         /// Set after `send_eof`: the next packet needs a codec flush first.
         drained: bool,
     }
@@ -288,6 +293,8 @@ mod hevc {
 
     impl Hevc {
         pub fn new(codec_private: &[u8]) -> Result<Self, DecodeError> {
+            let (params, nal_length_size) = sps::hvcc_nals(codec_private);
+            sps::check_nals(Codec::H265, params)?;
             ff::init().map_err(|e| err("init", e))?;
             let codec = ff::decoder::find(ff::codec::Id::HEVC)
                 .ok_or_else(|| DecodeError("libavcodec has no HEVC decoder".into()))?;
@@ -307,6 +314,11 @@ mod hevc {
                     (*raw).extradata_size = codec_private.len() as i32;
                 }
             }
+            // SAFETY: a plain field of the context this function owns. libavcodec refuses
+            // larger pictures itself too (the SPS check below covers in-band SPS first).
+            unsafe {
+                (*ctx.as_mut_ptr()).max_pixels = sps::MAX_PICTURE_PIXELS as i64;
+            }
             ctx.set_threading(ff::threading::Config {
                 kind: ff::threading::Type::None,
                 count: 1,
@@ -316,6 +328,7 @@ mod hevc {
             Ok(Self {
                 decoder,
                 frame: ff::frame::Video::empty(),
+                nal_length_size,
                 drained: false,
             })
         }
@@ -369,6 +382,7 @@ mod hevc {
 
     impl VideoDecoder for Hevc {
         fn decode(&mut self, frame: &[u8], sink: &mut Sink<'_>) -> Result<(), DecodeError> {
+            sps::check_nals(Codec::H265, sps::nal_units(frame, self.nal_length_size))?;
             if self.drained {
                 self.decoder.flush();
                 self.drained = false;

@@ -152,20 +152,22 @@ pub struct Generator {
 impl Generator {
     /// Starts the task; returns the queue ingest sends to.
     pub fn spawn(self, stop: CancellationToken) -> mpsc::Sender<Job> {
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let client = reqwest::Client::new();
-        tokio::spawn(async move {
-            loop {
-                let job = tokio::select! {
-                    j = rx.recv() => j,
-                    _ = stop.cancelled() => None,
-                };
-                let Some(job) = job else { break };
-                if let Err(e) = self.handle(&client, &job).await {
-                    tracing::warn!(stream = %job.stream.name, fragment_seq = job.fragment.seq, error = %e, "image generation failed");
+        let this = Arc::new(self);
+        run_isolated(
+            rx,
+            stop,
+            |job: &Job| (job.stream.name.to_string(), job.fragment.seq),
+            move |job: Job| {
+                let (this, client) = (this.clone(), client.clone());
+                async move {
+                    if let Err(e) = this.handle(&client, &job).await {
+                        tracing::warn!(stream = %job.stream.name, fragment_seq = job.fragment.seq, error = %e, "image generation failed");
+                    }
                 }
-            }
-        });
+            },
+        );
         tx
     }
 
@@ -197,11 +199,7 @@ impl Generator {
             TimestampKind::Producer => f.producer_ts_ms,
             TimestampKind::Server => f.server_ts_ms,
         };
-        let step = cfg.sampling_interval.max(1);
-        let instants: Vec<i64> = (0..MAX_IMAGES_PER_FRAGMENT as i64)
-            .map(|i| start + i * step)
-            .take_while(|t| *t < start + f.duration_ms.max(1))
-            .collect();
+        let instants = sampling_instants(start, f.duration_ms, cfg.sampling_interval);
         let outcomes = self
             .images
             .render(&self.catalog, &job.stream, kind, &instants, spec)
@@ -285,9 +283,92 @@ impl Generator {
     }
 }
 
+/// The instants `start + i × interval` inside a fragment's `[start, start + duration)`
+/// (at least `start`), at most [`MAX_IMAGES_PER_FRAGMENT`]. Checked: a stored interval or
+/// time near the i64 limits ends the list instead of overflowing.
+fn sampling_instants(start: i64, duration_ms: i64, interval_ms: i64) -> Vec<i64> {
+    let step = interval_ms.max(1);
+    let end = start.saturating_add(duration_ms.max(1));
+    (0..MAX_IMAGES_PER_FRAGMENT as i64)
+        .map_while(|i| i.checked_mul(step).and_then(|d| start.checked_add(d)))
+        .take_while(|t| *t < end)
+        .collect()
+}
+
+/// The worker loop: takes jobs until `stop` or the queue closes, each on its own task, so
+/// a panic while handling one (whatever its fragment contains) fails that job only: it is
+/// logged with its stream and fragment (`label`), counted in
+/// [`crate::metrics::IMAGE_PANICS`], and the next job runs.
+fn run_isolated<T, F, Fut>(
+    mut rx: mpsc::Receiver<T>,
+    stop: CancellationToken,
+    label: impl Fn(&T) -> (String, u64) + Send + 'static,
+    work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let job = tokio::select! {
+                j = rx.recv() => j,
+                _ = stop.cancelled() => None,
+            };
+            let Some(job) = job else { break };
+            let (stream, fragment_seq) = label(&job);
+            if let Err(e) = tokio::spawn(work(job)).await {
+                metrics::counter!(crate::metrics::IMAGE_PANICS, "stage" => "generation_job")
+                    .increment(1);
+                tracing::error!(stream = %stream, fragment_seq, error = %e, "image generation job panicked; going on with the next");
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_instants_are_checked_near_the_limits() {
+        assert_eq!(sampling_instants(1000, 1000, 400), vec![1000, 1400, 1800]);
+        // The old `start + i * step` overflowed at i = 1 (and `start + duration` too).
+        assert_eq!(sampling_instants(1000, 1000, i64::MAX), vec![1000]);
+        assert_eq!(
+            sampling_instants(i64::MAX - 10, i64::MAX, 200),
+            vec![i64::MAX - 10]
+        );
+        assert_eq!(sampling_instants(i64::MIN, 1, i64::MAX), vec![i64::MIN]);
+        assert_eq!(
+            sampling_instants(0, i64::MAX, 1).len(),
+            MAX_IMAGES_PER_FRAGMENT
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_does_not_stop_the_worker() {
+        let (tx, rx) = mpsc::channel::<(&'static str, u64)>(4);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let worker = run_isolated(
+            rx,
+            CancellationToken::new(),
+            |j: &(&str, u64)| (j.0.to_owned(), j.1),
+            move |(stream, seq): (&'static str, u64)| {
+                let done = done_tx.clone();
+                async move {
+                    assert!(stream != "hostile", "decoder blew up on seq {seq}");
+                    done.send((stream, seq)).unwrap();
+                }
+            },
+        );
+        tx.send(("hostile", 1)).await.unwrap();
+        tx.send(("good", 7)).await.unwrap();
+        drop(tx);
+        worker.await.unwrap();
+        assert_eq!(done_rx.recv().await, Some(("good", 7)));
+    }
 
     #[test]
     fn destinations() {

@@ -3,6 +3,7 @@
 //! - [`convert`]: output size rules, resizing, JPEG/PNG encoding;
 //! - [`decode`]: H.264 (OpenH264) and, with the `hevc` feature, H.265 (libavcodec)
 //!   decoders behind one trait, and a pool of idle decoders;
+//! - [`sps`]: the decoded-size cap, checked on the SPS before a decoder sees a frame;
 //! - [`render`]: which frame an instant shows and decoding just far enough for it;
 //! - [`ImageService`]: instants → covering fragments → pictures, with the CPU work on
 //!   the blocking pool and at most `images.max_concurrent_decodes` fragments decoding at
@@ -13,6 +14,7 @@ pub mod convert;
 pub mod decode;
 pub mod generation;
 pub mod render;
+pub mod sps;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -154,7 +156,7 @@ impl ImageService {
             .iter()
             .map(|&t| {
                 rows.iter()
-                    .filter(|f| ts(f) <= t && t < ts(f) + f.duration_ms.max(1))
+                    .filter(|f| ts(f) <= t && t < ts(f).saturating_add(f.duration_ms.max(1)))
                     .max_by_key(|f| (ts(f), f.seq))
                     .cloned()
             })
@@ -178,7 +180,9 @@ impl ImageService {
             let Some(row) = row else { continue };
             let target = match kind {
                 TimestampKind::Producer => *t,
-                TimestampKind::Server => row.producer_ts_ms + (t - row.server_ts_ms),
+                TimestampKind::Server => row
+                    .producer_ts_ms
+                    .saturating_add(t.saturating_sub(row.server_ts_ms)),
             };
             groups
                 .entry(row.seq)
@@ -201,7 +205,9 @@ impl ImageService {
             let loaded = loader.load(&row).await;
             let pool = self.pool.clone();
             let stream_name = stream.name.to_string();
-            tasks.push(tokio::task::spawn_blocking(move || {
+            let seq = row.seq;
+            let task_slots: Vec<usize> = wants.iter().map(|w| w.0).collect();
+            let task = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let slots: Vec<usize> = wants.iter().map(|w| w.0).collect();
                 let results = match loaded {
@@ -219,14 +225,25 @@ impl ImageService {
                         }
                     })
                     .collect::<Vec<_>>()
-            }));
+            });
+            tasks.push((seq, task_slots, task));
         }
-        for t in tasks {
-            let done = t
-                .await
-                .map_err(|e| Error::internal(format!("image task failed: {e}")))?;
-            for (slot, o) in done {
-                out[slot] = o;
+        for (seq, slots, t) in tasks {
+            match t.await {
+                Ok(done) => {
+                    for (slot, o) in done {
+                        out[slot] = o;
+                    }
+                }
+                // A decoder that panics on one fragment fails that fragment's instants.
+                Err(e) => {
+                    metrics::counter!(crate::metrics::IMAGE_PANICS, "stage" => "decode")
+                        .increment(1);
+                    tracing::error!(stream = %stream.name, fragment_seq = seq, error = %e, "image decoding panicked");
+                    for slot in slots {
+                        out[slot] = Outcome::MediaError;
+                    }
+                }
             }
         }
         Ok(out)

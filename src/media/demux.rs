@@ -50,9 +50,12 @@ pub struct LoadedFragment {
 }
 
 impl LoadedFragment {
-    /// Producer time (epoch ms) of a frame of this fragment.
+    /// Producer time (epoch ms) of a frame of this fragment (saturating: stored times are
+    /// hostile input).
     pub fn frame_producer_ms(&self, f: &Frame) -> i64 {
-        self.row.producer_ts_ms + (f.pts_ns - self.cluster_ns).div_euclid(1_000_000)
+        let ms = i128::from(self.row.producer_ts_ms)
+            + (i128::from(f.pts_ns) - i128::from(self.cluster_ns)).div_euclid(1_000_000);
+        ms.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
     }
 }
 
@@ -103,26 +106,35 @@ pub fn bare_cluster_reader(cluster: &[u8]) -> mkv::Reader {
     r
 }
 
-/// The frames of one stored cluster.
+/// The frames of one stored cluster. Times are checked: a cluster or block time that
+/// does not fit in i64 nanoseconds at `timecode_scale_ns` is an error, like a bad lace
+/// table (see [`mkv::Block::laces`]).
 pub fn demux_cluster(
     cluster: &[u8],
     timecode_scale_ns: u64,
 ) -> std::result::Result<(i64, Vec<Frame>), mkv::Error> {
     let mut r = bare_cluster_reader(cluster);
-    let scale = timecode_scale_ns as i64;
     let mut tc = 0i64;
     let mut frames = Vec::new();
     let mut on = |ev: Event, tc: &mut i64| -> std::result::Result<(), mkv::Error> {
         match ev {
-            Event::ClusterTimecode { value, .. } => *tc = value as i64,
+            Event::ClusterTimecode { value, offset, .. } => {
+                *tc = i64::try_from(value).map_err(|_| out_of_range(offset, value as i128))?;
+                ticks_to_ns(i128::from(*tc), timecode_scale_ns, offset)?;
+            }
             Event::Block(b) => {
-                let pts_ns = (*tc + i64::from(b.timecode)) * scale;
-                for data in split_lacing(&b)? {
+                let pts_ns = ticks_to_ns(
+                    i128::from(*tc) + i128::from(b.timecode),
+                    timecode_scale_ns,
+                    b.offset,
+                )?;
+                let data = b.frame_bytes();
+                for lace in b.laces()? {
                     frames.push(Frame {
                         track: b.track,
                         pts_ns,
                         keyframe: b.keyframe,
-                        data,
+                        data: data.slice(lace),
                     });
                 }
             }
@@ -136,97 +148,19 @@ pub fn demux_cluster(
     while let Some(ev) = r.finish()? {
         on(ev, &mut tc)?;
     }
-    Ok((tc * scale, frames))
+    Ok((ticks_to_ns(i128::from(tc), timecode_scale_ns, 0)?, frames))
 }
 
-/// The frames of a block: one, or several for laced blocks (all with the block's time).
-fn split_lacing(b: &mkv::Block) -> std::result::Result<Vec<Bytes>, mkv::Error> {
-    let data = b
-        .raw
-        .slice(b.frame_offset.min(b.raw.len())..b.frame_end.min(b.raw.len()));
-    let bad = |why: &str| mkv::Error::Invalid {
-        offset: b.offset,
-        reason: format!("bad lacing: {why}"),
-    };
-    match b.lacing {
-        mkv::Lacing::None => Ok(vec![data]),
-        mkv::Lacing::Fixed => {
-            let n = *data.first().ok_or_else(|| bad("empty"))? as usize + 1;
-            let body = data.slice(1..);
-            if body.len() % n != 0 {
-                return Err(bad("fixed sizes do not divide the block"));
-            }
-            let each = body.len() / n;
-            Ok((0..n)
-                .map(|i| body.slice(i * each..(i + 1) * each))
-                .collect())
-        }
-        mkv::Lacing::Xiph => {
-            let n = *data.first().ok_or_else(|| bad("empty"))? as usize + 1;
-            let mut pos = 1;
-            let mut sizes = Vec::with_capacity(n);
-            for _ in 0..n - 1 {
-                let mut size = 0usize;
-                loop {
-                    let v = *data.get(pos).ok_or_else(|| bad("truncated sizes"))? as usize;
-                    pos += 1;
-                    size += v;
-                    if v != 255 {
-                        break;
-                    }
-                }
-                sizes.push(size);
-            }
-            let used: usize = sizes.iter().sum();
-            let last = data
-                .len()
-                .checked_sub(pos + used)
-                .ok_or_else(|| bad("sizes exceed the block"))?;
-            sizes.push(last);
-            let mut out = Vec::with_capacity(n);
-            for s in sizes {
-                out.push(data.slice(pos..pos + s));
-                pos += s;
-            }
-            Ok(out)
-        }
-        mkv::Lacing::Ebml => {
-            let n = *data.first().ok_or_else(|| bad("empty"))? as usize + 1;
-            let mut pos = 1;
-            let mut sizes = Vec::with_capacity(n);
-            let (first, len) = match mkv::vint::read_vint(&data[pos..]) {
-                mkv::vint::VintRead::Ok((v, _), l) => (v as i64, l),
-                _ => return Err(bad("first size")),
-            };
-            pos += len;
-            sizes.push(first);
-            for _ in 1..n - 1 {
-                let (raw, len) = match mkv::vint::read_vint(&data[pos..]) {
-                    mkv::vint::VintRead::Ok((v, _), l) => (v as i64, l),
-                    _ => return Err(bad("size delta")),
-                };
-                pos += len;
-                let bias = (1i64 << (7 * len - 1)) - 1;
-                let prev = *sizes.last().expect("one size");
-                sizes.push(prev + raw - bias);
-            }
-            if sizes.iter().any(|s| *s < 0) {
-                return Err(bad("negative size"));
-            }
-            let used: i64 = sizes.iter().sum();
-            let last = (data.len() as i64) - (pos as i64) - used;
-            if last < 0 {
-                return Err(bad("sizes exceed the block"));
-            }
-            sizes.push(last);
-            let mut out = Vec::with_capacity(n);
-            for s in sizes {
-                let s = s as usize;
-                out.push(data.slice(pos..pos + s));
-                pos += s;
-            }
-            Ok(out)
-        }
+/// `ticks × scale` in ns, or an error when it does not fit in i64.
+fn ticks_to_ns(ticks: i128, scale_ns: u64, offset: u64) -> std::result::Result<i64, mkv::Error> {
+    let ns = ticks.saturating_mul(i128::from(scale_ns));
+    i64::try_from(ns).map_err(|_| out_of_range(offset, ns))
+}
+
+fn out_of_range(offset: u64, ns: i128) -> mkv::Error {
+    mkv::Error::Invalid {
+        offset,
+        reason: format!("timestamp out of range: ns={ns}"),
     }
 }
 
@@ -321,5 +255,73 @@ mod tests {
                 .iter()
                 .all(|f| f.pts_ns == 105_000_000 && f.keyframe && f.track == 1)
         );
+    }
+
+    /// A cluster holding one SimpleBlock (track 1, timecode 5, keyframe) with `flags`
+    /// lacing bits and `body` after the flags.
+    fn one_block_cluster(lacing_flags: u8, body: &[u8], cluster_tc: u64) -> Vec<u8> {
+        let mut payload = vec![0x81, 0x00, 0x05, 0x80 | lacing_flags];
+        payload.extend_from_slice(body);
+        let mut el = Vec::new();
+        mkv::writer::write_element(&mut el, 0xA3, &payload);
+        mkv::writer::build_cluster(cluster_tc, &[Bytes::from(el)])
+    }
+
+    #[test]
+    fn a_wrapping_ebml_lace_table_is_an_error_not_a_panic() {
+        // 256 laces; the first size is 2^56 - 2 and 254 zero deltas repeat it: the sizes
+        // sum past i64::MAX. The old code wrapped the sum, then sliced past the end.
+        let mut body = vec![0xFF, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE];
+        body.extend(std::iter::repeat_n(0xBF, 254));
+        body.extend_from_slice(b"tail");
+        let err = demux_cluster(&one_block_cluster(0x06, &body, 0), 1_000_000).unwrap_err();
+        assert!(err.to_string().contains("bad lacing"), "{err}");
+    }
+
+    #[test]
+    fn hostile_lace_tables_are_errors() {
+        let cases: [(u8, &[u8]); 7] = [
+            // Xiph: a size past the end; sizes truncated.
+            (0x02, &[1, 200, 1, 2]),
+            (0x02, &[2, 255, 255]),
+            // EBML: a negative delta; a size past the end; a delta that is no vint.
+            (0x06, &[2, 0x82, 0x80, 1, 2, 3]),
+            (0x06, &[1, 0x90, 1, 2]),
+            (0x06, &[2, 0x81, 0x00]),
+            // Fixed: sizes that do not divide the data; no lace count.
+            (0x04, &[1, 1, 2, 3]),
+            (0x04, &[]),
+        ];
+        for (flags, body) in cases {
+            let cluster = one_block_cluster(flags, body, 0);
+            assert!(
+                demux_cluster(&cluster, 1_000_000).is_err(),
+                "{flags:#x} {body:?}"
+            );
+        }
+        // Well-formed EBML lacing (sizes 2, 3 via delta +1, rest 1) and fixed lacing.
+        let cluster = one_block_cluster(
+            0x06,
+            &[2, 0x82, 0xC0, b'a', b'a', b'b', b'b', b'b', b'c'],
+            0,
+        );
+        let (_, frames) = demux_cluster(&cluster, 1_000_000).unwrap();
+        let data: Vec<&[u8]> = frames.iter().map(|f| &f.data[..]).collect();
+        assert_eq!(data, vec![&b"aa"[..], b"bbb", b"c"]);
+        let (_, frames) = demux_cluster(&one_block_cluster(0x04, b"\x01abcd", 0), 1).unwrap();
+        assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn times_near_the_limits_are_errors_not_overflows() {
+        let plain = one_block_cluster(0, b"x", 1);
+        // Cluster timecode 1 × TimecodeScale u64::MAX, and the block offset on top.
+        assert!(demux_cluster(&plain, u64::MAX).is_err());
+        assert!(demux_cluster(&plain, i64::MAX as u64).is_err());
+        // A cluster timecode above i64::MAX ticks.
+        assert!(demux_cluster(&one_block_cluster(0, b"x", u64::MAX - 1), 1).is_err());
+        // At the edge: i64::MAX ns is representable.
+        let edge = one_block_cluster(0, b"x", (i64::MAX as u64) / 1_000_000 - 10);
+        assert!(demux_cluster(&edge, 1_000_000).is_ok());
     }
 }

@@ -2,6 +2,10 @@
 //! BlockGroup (0xA0), and [`parse_block_header`], which decodes the block header (track
 //! number vint, relative int16 timecode, flags) from an element's exact raw bytes. For a
 //! BlockGroup it also finds the Block (0xA1), BlockDuration and ReferenceBlock children.
+//! [`Block::laces`] splits a laced block into its frames; every size in the lace table
+//! is checked against the block, so a hostile table is an error, never a panic.
+
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -53,9 +57,27 @@ impl Block {
             .unwrap_or(&[])
     }
 
+    /// [`Block::frame`] as a shared slice of `raw`.
+    pub fn frame_bytes(&self) -> Bytes {
+        match self.raw.get(self.frame_offset..self.frame_end) {
+            Some(_) => self.raw.slice(self.frame_offset..self.frame_end),
+            None => Bytes::new(),
+        }
+    }
+
     /// Offset in `raw` of the big-endian int16 relative timecode.
     pub fn timecode_offset(&self) -> usize {
         self.frame_offset.saturating_sub(3)
+    }
+
+    /// Where the frames of the block lie, as ranges into [`Block::frame`]: one range for
+    /// an unlaced block, else one per lace (the lace table excluded). A lace table that
+    /// does not describe the block exactly (truncated, sizes past the end, sizes that
+    /// overflow, negative EBML sizes, fixed sizes that do not divide the data) is
+    /// [`Error::Invalid`] at the block's offset.
+    pub fn laces(&self) -> Result<Vec<Range<usize>>, Error> {
+        lace_ranges(self.lacing, self.frame())
+            .map_err(|why| Error::invalid(self.offset, format!("bad lacing: {why}")))
     }
 
     /// The raw flags byte (0x80 keyframe in SimpleBlocks, 0x08 invisible, 0x06 lacing,
@@ -117,6 +139,74 @@ fn read_head(payload: &[u8], offset: usize) -> Result<Head, Error> {
         flags,
         after_flags,
     })
+}
+
+/// The lace table of `data` (a block's bytes after its flags), checked against it.
+fn lace_ranges(lacing: Lacing, data: &[u8]) -> Result<Vec<Range<usize>>, &'static str> {
+    if lacing == Lacing::None {
+        return Ok(vec![0..data.len()]);
+    }
+    let (&count, _) = data.split_first().ok_or("no lace count")?;
+    let n = usize::from(count) + 1;
+    let mut pos = 1usize;
+    // Sizes of all laces but the last (which takes the rest).
+    let mut sizes: Vec<usize> = Vec::with_capacity(n - 1);
+    match lacing {
+        Lacing::None => {}
+        Lacing::Fixed => {
+            let body = data.len() - 1;
+            if body % n != 0 {
+                return Err("fixed-size laces do not divide the block");
+            }
+            sizes.resize(n - 1, body / n);
+        }
+        Lacing::Xiph => {
+            for _ in 1..n {
+                let mut size = 0usize;
+                loop {
+                    let v = *data.get(pos).ok_or("lace sizes truncated")?;
+                    pos += 1;
+                    size = size
+                        .checked_add(usize::from(v))
+                        .ok_or("lace size overflows")?;
+                    if v != 255 {
+                        break;
+                    }
+                }
+                sizes.push(size);
+            }
+        }
+        Lacing::Ebml => {
+            let mut prev = 0i128;
+            for i in 1..n {
+                let (v, len) = match vint::read_vint(data.get(pos..).unwrap_or(&[])) {
+                    VintRead::Ok((v, _), len) => (i128::from(v), len),
+                    _ => return Err("lace size is not a vint"),
+                };
+                pos += len;
+                // The first size is unsigned; the others are signed deltas (value minus
+                // half the vint's range).
+                let size = if i == 1 {
+                    v
+                } else {
+                    prev + v - ((1i128 << (7 * len - 1)) - 1)
+                };
+                sizes.push(usize::try_from(size).map_err(|_| "lace size out of range")?);
+                prev = size;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for s in sizes {
+        let end = pos
+            .checked_add(s)
+            .filter(|e| *e <= data.len())
+            .ok_or("lace sizes exceed the block")?;
+        out.push(pos..end);
+        pos = end;
+    }
+    out.push(pos..data.len());
+    Ok(out)
 }
 
 fn lacing(flags: u8) -> Lacing {

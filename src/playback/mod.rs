@@ -273,8 +273,12 @@ impl Packaged {
     }
 }
 
+/// `ns` in `timescale` units, saturating at the i64 range (stored times are hostile input).
 fn ticks(ns: i128, timescale: u32) -> i64 {
-    (ns * i128::from(timescale)).div_euclid(1_000_000_000) as i64
+    let t = ns
+        .saturating_mul(i128::from(timescale))
+        .div_euclid(1_000_000_000);
+    t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// Turns a loaded fragment into samples: video in decode order with decode times from
@@ -294,7 +298,7 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
         let delay = sorted
             .iter()
             .zip(&pts)
-            .map(|(s, p)| s - p)
+            .map(|(s, p)| s.saturating_sub(*p))
             .max()
             .unwrap_or(0)
             .max(0);
@@ -304,20 +308,23 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
             i128::from(f.row.duration_ms.max(0)) * 1_000_000,
             VIDEO_TIMESCALE,
         );
-        let end = sorted.first().map_or(0, |first| first + span) - delay;
+        let end = sorted
+            .first()
+            .map_or(0, |first| first.saturating_add(span))
+            .saturating_sub(delay);
         let n = frames.len();
         for (i, fr) in frames.iter().enumerate() {
-            let dts = sorted[i] - delay;
+            let dts = sorted[i].saturating_sub(delay);
             let next = if i + 1 < n {
-                sorted[i + 1] - delay
+                sorted[i + 1].saturating_sub(delay)
             } else {
                 end
             };
-            let mut duration = next - dts;
+            let mut duration = next.saturating_sub(dts);
             if duration <= 0 {
                 // Last frame with no usable fragment end: repeat the previous interval.
                 duration = if i > 0 {
-                    sorted[i] - sorted[i - 1]
+                    sorted[i].saturating_sub(sorted[i - 1])
                 } else {
                     3000
                 };
@@ -325,7 +332,7 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
             video.push(Sample {
                 data: fr.data.clone(),
                 dts,
-                cto: pts[i] - dts,
+                cto: pts[i].saturating_sub(dts),
                 duration: duration.clamp(1, i64::from(u32::MAX)) as u32,
                 keyframe: fr.keyframe,
             });
@@ -355,7 +362,7 @@ pub fn package(f: &LoadedFragment, config: Arc<MediaConfig>) -> Result<Packaged>
                 duration: a.frame_samples,
                 keyframe: true,
             });
-            t = Some(dts + i64::from(a.frame_samples));
+            t = Some(dts.saturating_add(i64::from(a.frame_samples)));
         }
     }
     Ok(Packaged {

@@ -297,7 +297,7 @@ pub fn segment(p: &Packaged) -> Result<Vec<u8>> {
                 pid: VIDEO_PID,
                 stream_id: 0xE0,
                 dts: s.dts,
-                pts: s.dts + s.cto,
+                pts: s.dts.saturating_add(s.cto),
                 with_dts: true,
                 pcr: true,
                 random_access: s.keyframe,
