@@ -46,6 +46,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// HTTPS: serve TLS with this certificate and key.
     pub tls: TlsSettings,
+    /// Connection-level limits of the HTTP listener (timeouts, connection cap).
+    pub http: HttpSettings,
     /// Most streams this server will hold; CreateStream beyond it answers
     /// `AccountStreamLimitExceededException`. Default 100000.
     pub max_streams: u64,
@@ -79,6 +81,7 @@ impl Default for Settings {
             secret_access_key: None,
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
+            http: HttpSettings::default(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             default_retention_hours: 24,
@@ -163,6 +166,36 @@ pub struct TlsSettings {
 impl TlsSettings {
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() && self.key_file.is_some()
+    }
+}
+
+/// Connection-level limits of the listener, so that clients that send nothing, or
+/// send slowly, cannot hold sockets and memory forever (see `docs/security.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// A connection must send a request's whole header within this time; the same clock
+    /// runs while a kept-alive connection waits for its next request, so it is also the
+    /// keep-alive idle timeout. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A JSON API request must deliver its whole body within this time (PutMedia bodies
+    /// are streams, bounded by `ingest.idle_timeout` instead). Default 20 s.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most open client connections; at the cap the listener stops accepting (new
+    /// connections wait in the kernel's backlog) until one closes, and logs a warning at
+    /// most once a minute. Default 16384.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(20),
+            max_connections: 16_384,
+        }
     }
 }
 
@@ -268,9 +301,14 @@ pub struct IngestSettings {
     pub max_connections_per_stream: usize,
     /// Per-stream ingest rate cap in bytes/s; 0 turns it off. Default 12,500,000.
     pub max_bytes_per_second: u64,
-    /// Bytes of fragment data all sessions together may hold in memory before uploads
-    /// are slowed (socket back-pressure). Default 512 MiB.
+    /// Bytes all streams together may hold in memory (upload buffers and open fragments,
+    /// live frames and live buffers, the persist queues and sealed copies, GetMedia
+    /// output queues) before uploads are slowed (socket back-pressure). Default 512 MiB.
     pub memory_budget_bytes: u64,
+    /// Per stream, most bytes of frames the live hand-off keeps for GetMedia readers that
+    /// have not received them yet; a reader further behind continues from storage.
+    /// Default 8 MiB.
+    pub live_buffer_bytes: u64,
     /// Interval of IDLE acks while a connection is open but sends nothing. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub idle_ack_interval: Duration,
@@ -296,6 +334,7 @@ impl Default for IngestSettings {
             max_connections_per_stream: 1,
             max_bytes_per_second: 12_500_000,
             memory_budget_bytes: 512 << 20,
+            live_buffer_bytes: 8 << 20,
             idle_ack_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
             dedupe_window: Duration::from_secs(24 * 3600),
@@ -315,6 +354,10 @@ pub struct MediaSettings {
     /// never — a live reader stays open across quiet periods.
     #[serde(with = "humantime_serde")]
     pub max_idle: Option<Duration>,
+    /// Most bytes waiting in one GetMedia response for the client to read (one larger
+    /// chunk is still let in); a reader with a full queue falls behind the live buffer and
+    /// later continues from storage. Default 2 MiB.
+    pub max_reader_queue_bytes: u64,
 }
 
 impl Default for MediaSettings {
@@ -322,6 +365,7 @@ impl Default for MediaSettings {
         Self {
             max_readers_per_stream: 64,
             max_idle: None,
+            max_reader_queue_bytes: 2 << 20,
         }
     }
 }
@@ -396,6 +440,20 @@ pub struct PlaybackSettings {
     /// recently used beyond it are dropped (and rebuilt on their next request).
     /// Default 10000.
     pub max_sessions: usize,
+    /// Most playlist entries (fragments) kept in the timelines of all live sessions
+    /// together; beyond it the least recently used sessions are dropped (and rebuilt on
+    /// their next request). Default 200000 (about 75 MiB).
+    pub max_session_entries: usize,
+    /// Interval of the task that forgets expired sessions. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub session_purge_interval: Duration,
+    /// Absolute lifetime of an HLS/DASH session token from its creation, renewals
+    /// included. Default `12h` (AWS's largest `Expires`).
+    #[serde(with = "humantime_serde")]
+    pub max_session_lifetime: Duration,
+    /// GetClip requests built at the same time; one more answers
+    /// `ClientLimitExceededException`. Default 8.
+    pub max_concurrent_clips: usize,
     /// `Access-Control-Allow-Origin` on `/hls/v1/*` and `/dash/v1/*`. Default `*`.
     pub cors_allow_origin: String,
 }
@@ -408,6 +466,10 @@ impl Default for PlaybackSettings {
             clip_buffer_bytes: 64 << 20,
             renew_live_sessions: true,
             max_sessions: 10_000,
+            max_session_entries: 200_000,
+            session_purge_interval: Duration::from_secs(60),
+            max_session_lifetime: Duration::from_secs(12 * 3600),
+            max_concurrent_clips: 8,
             cors_allow_origin: "*".into(),
         }
     }
@@ -533,6 +595,14 @@ impl Settings {
         {
             return Err(ConfigError::Invalid("region must be [a-z0-9-]+".into()));
         }
+        if self.http.max_connections == 0
+            || self.http.header_read_timeout.is_zero()
+            || self.http.body_read_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "http.max_connections, http.header_read_timeout and http.body_read_timeout must be positive".into(),
+            ));
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert_file and tls.key_file must be set together".into(),
@@ -563,9 +633,22 @@ impl Settings {
                 "ingest.max_tracks and ingest.max_connections_per_stream must be at least 1".into(),
             ));
         }
-        if self.playback.clip_max_fragments == 0 || self.playback.max_sessions == 0 {
+        if self.playback.clip_max_fragments == 0
+            || self.playback.max_sessions == 0
+            || self.playback.max_session_entries == 0
+            || self.playback.max_concurrent_clips == 0
+        {
             return Err(ConfigError::Invalid(
-                "playback.clip_max_fragments and playback.max_sessions must be at least 1".into(),
+                "playback.clip_max_fragments, playback.max_sessions, playback.max_session_entries and playback.max_concurrent_clips must be at least 1".into(),
+            ));
+        }
+        if self.ingest.live_buffer_bytes == 0
+            || self.media.max_reader_queue_bytes == 0
+            || self.playback.session_purge_interval.is_zero()
+            || self.playback.max_session_lifetime < Duration::from_secs(300)
+        {
+            return Err(ConfigError::Invalid(
+                "ingest.live_buffer_bytes, media.max_reader_queue_bytes and playback.session_purge_interval must be above 0, playback.max_session_lifetime at least 300s".into(),
             ));
         }
         if axum::http::HeaderValue::from_str(&self.playback.cors_allow_origin).is_err() {

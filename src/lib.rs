@@ -5,7 +5,7 @@
 //! only place object keys are built), [`index`] (fragment index trait + SQLite),
 //! [`streams`] (control-plane rules), [`gc`] (deletion sweeps), [`playback`] (GetClip,
 //! HLS and DASH packagers), [`images`] (GetImages and image generation), [`api`] (one
-//! router per API family), [`server`] (assembly and `run`), [`check`] (invariant checker)
+//! router per API family), [`listener`] (accept loop and connection limits), [`server`] (assembly and `run`), [`check`] (invariant checker)
 //! and [`cli`] (the `streamvault` command); [`retention`] expires fragments.
 
 pub mod api;
@@ -20,6 +20,7 @@ pub mod gc;
 pub mod images;
 pub mod index;
 pub mod ingest;
+pub mod listener;
 pub mod media;
 pub mod metrics;
 pub mod mkv;

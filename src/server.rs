@@ -226,6 +226,7 @@ impl Server {
         };
         let retention_task =
             tokio::spawn(retention.run(self.catalog.retention_trigger().clone(), stop.clone()));
+        tokio::spawn(self.playback.clone().purge_expired(stop.clone()));
 
         let app = api::router(state);
         let scheme = if self.settings.tls.enabled() {
@@ -233,38 +234,33 @@ impl Server {
         } else {
             "http"
         };
-        tracing::info!("listening on {scheme}://{addr}");
+        let fd_limit = crate::listener::raise_fd_limit();
+        tracing::info!(
+            max_connections = self.settings.http.max_connections,
+            open_files_limit = fd_limit,
+            "listening on {scheme}://{addr}"
+        );
         let graceful = stop.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing open requests");
             graceful.cancel();
         };
-        if self.settings.tls.enabled() {
-            let acceptor = crate::tls::acceptor(&self.settings.tls)?;
-            tokio::spawn(signal);
-            crate::tls::serve(listener, acceptor, app, stop.clone(), SHUTDOWN_GRACE).await;
+        let tls = if self.settings.tls.enabled() {
+            Some(crate::tls::acceptor(&self.settings.tls)?)
         } else {
-            // No Nagle: ack lines and live-tail frames are small writes that must go out at
-            // once, not wait for the peer's delayed ACK (tens of ms per write).
-            use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serving = axum::serve(listener, app).with_graceful_shutdown(signal);
-            let serving = tokio::spawn(async move { serving.await });
-            let mut serving = std::pin::pin!(serving);
-            tokio::select! {
-                r = &mut serving => r??,
-                _ = async {
-                    stop.cancelled().await;
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                } => {
-                    tracing::warn!("open requests did not finish within {SHUTDOWN_GRACE:?}; closing them");
-                    serving.abort();
-                }
-            }
-        }
+            None
+        };
+        tokio::spawn(signal);
+        crate::listener::serve(
+            listener,
+            tls,
+            app,
+            self.settings.http.clone(),
+            stop.clone(),
+            SHUTDOWN_GRACE,
+        )
+        .await;
         stop.cancel();
         let _ = gc_task.await;
         let _ = retention_task.await;

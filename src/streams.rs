@@ -1,11 +1,14 @@
 //! The stream catalog: the business rules of the control plane on top of the index and
-//! the keyring. It resolves `StreamName | StreamARN` the same way for every API, creates
-//! streams with a fresh wrapped data key, applies version-checked updates, and caches
-//! unwrapped data keys for the data plane (dropped when a stream is deleted).
+//! the keyring. It resolves `StreamName | StreamARN` the same way for every API and is
+//! the one place that checks the caller's [`Access`] against a stream: on the record it
+//! resolves, the name it creates, and each stream it lists. It creates streams with a
+//! fresh wrapped data key, applies version-checked updates, and caches unwrapped data
+//! keys for the data plane (dropped when a stream is deleted).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::auth::Access;
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -86,10 +89,14 @@ impl Catalog {
         StreamArn::format(&self.region, &self.account_id, &s.name, s.creation_ms)
     }
 
-    /// Resolves `StreamName | StreamARN`. `arn_kind` is the error kind for a malformed
-    /// ARN (`InvalidResourceFormat` on tag operations, `InvalidArgument` elsewhere).
+    /// Resolves `StreamName | StreamARN` and checks that `access` allows its operation on
+    /// that stream. `arn_kind` is the error kind for a malformed ARN
+    /// (`InvalidResourceFormat` on tag operations, `InvalidArgument` elsewhere). When both
+    /// are given they must name the same stream. A key that may not touch the stream
+    /// gets `NotAuthorized` whether or not it exists (no existence oracle).
     pub async fn resolve(
         &self,
+        access: &Access,
         name: Option<&str>,
         arn: Option<&str>,
         arn_kind: ErrorKind,
@@ -111,8 +118,12 @@ impl Catalog {
             (Some(n), _) => StreamName::parse(n)?,
             (None, Some(a)) => a.name.clone(),
         };
+        access.check_stream(name.as_str())?;
         let rec = self.index.get_stream(&name).await?;
         let rec = rec.ok_or_else(|| Error::stream_not_found(name.as_str()))?;
+        // The record is looked up by that name; checked again on the record itself so a
+        // future lookup by id cannot skip the decision.
+        access.check_stream(rec.name.as_str())?;
         if let Some(a) = by_arn
             && (a.creation_ms != rec.creation_ms
                 || a.region != self.region
@@ -127,9 +138,10 @@ impl Catalog {
         Ok(rec)
     }
 
-    /// CreateStream.
-    pub async fn create(&self, req: CreateStream) -> Result<StreamRecord> {
+    /// CreateStream, if `access` allows it on the new stream's name.
+    pub async fn create(&self, access: &Access, req: CreateStream) -> Result<StreamRecord> {
         let name = StreamName::parse(&req.name)?;
+        access.check_stream(name.as_str())?;
         if let Some(d) = &req.device_name {
             model::check_name("DeviceName", d, 128)?;
         }
@@ -183,6 +195,40 @@ impl Catalog {
             .expect("key cache")
             .insert(stream_id, Arc::new(dek));
         Ok(rec)
+    }
+
+    /// ListStreams: up to `limit` streams after `after` (by name) whose name starts with
+    /// `prefix`, and only those `access` may see; the second value says whether more
+    /// follow. Pages of the index are read until `limit` visible streams are found.
+    pub async fn list(
+        &self,
+        access: &Access,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StreamRecord>, bool)> {
+        let batch = (limit + 1).clamp(100, 10_001);
+        let mut out = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        loop {
+            let page = self
+                .index
+                .list_streams(prefix, cursor.as_deref(), batch)
+                .await?;
+            let exhausted = page.len() < batch;
+            cursor = page.last().map(|s| s.name.as_str().to_owned());
+            for s in page {
+                if access.may_see(s.name.as_str()) {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(s);
+                }
+            }
+            if exhausted {
+                return Ok((out, false));
+            }
+        }
     }
 
     /// Applies a version-checked metadata change.

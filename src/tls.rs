@@ -1,20 +1,11 @@
-//! Serving HTTPS: a rustls acceptor built from the configured PEM files and an accept
-//! loop that hands each TLS connection to hyper's HTTP/1.1 server (PutMedia needs
-//! HTTP/1.1; ALPN offers only `http/1.1`). Connections are tracked so shutdown can let
-//! them finish, like `axum::serve`'s graceful shutdown does for plain HTTP.
+//! HTTPS: the rustls acceptor built from the configured PEM files (ALPN offers only
+//! `http/1.1`, which PutMedia needs). The accept loop that uses it is `listener`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::TlsSettings;
 
@@ -39,63 +30,4 @@ pub fn acceptor(tls: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Accepts TLS connections until `stop`, then waits up to `grace` for open ones.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Router,
-    stop: CancellationToken,
-    grace: Duration,
-) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Small writes (acks, live frames) go out at once; see `server.rs`.
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
-        tracker.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("open TLS connections did not finish within {grace:?}");
-    }
 }

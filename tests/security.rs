@@ -10,43 +10,6 @@ use common::*;
 use streamvault::auth::sigv4::EMPTY_SHA256;
 use streamvault::config::{KeySpec, Secret};
 
-/// Sends raw request bytes and returns (status, head+body text).
-async fn send(addr: std::net::SocketAddr, raw: String, body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw.as_bytes()).await.unwrap();
-    // A rejected request may be closed before its body is read.
-    let _ = s.write_all(body).await;
-    // Read the whole response (a streamed ack body ends with the last chunk), so the
-    // connection is not closed with data unread.
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-        if n == 0 {
-            break;
-        }
-        all.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&all);
-        let final_head = text
-            .split("\r\n\r\n")
-            .any(|h| h.starts_with("HTTP/1.1 ") && !h.starts_with("HTTP/1.1 100"));
-        let streamed_done = text.ends_with("0\r\n\r\n");
-        let plain_done = final_head && !text.contains("HTTP/1.1 200") && text.contains("}");
-        let media_started = final_head && text.contains("video/webm");
-        if streamed_done || plain_done || media_started {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&all).to_string();
-    let status = text
-        .split("\r\n\r\n")
-        .filter(|h| h.starts_with("HTTP/1.1 ") && !h.starts_with("HTTP/1.1 100"))
-        .find_map(|h| h.split(' ').nth(1).and_then(|x| x.parse().ok()))
-        .unwrap_or(0);
-    (status, text)
-}
-
 /// A PutMedia request head exactly as the KVS C producer 1.6 signs it.
 fn c_producer_head(
     addr: std::net::SocketAddr,
@@ -134,7 +97,7 @@ async fn kvs_c_producer_signature_is_accepted_and_any_change_rejected() {
     let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
     chunked.extend_from_slice(&body);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    let (status, text) = send(srv.addr, c_producer_head(srv.addr, "cprod", None), &chunked).await;
+    let (status, text) = send_raw(srv.addr, c_producer_head(srv.addr, "cprod", None), &chunked).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(text.matches("\"PERSISTED\"").count(), 7, "{text}");
     // The acks arrive; the fragments are stored.
@@ -154,7 +117,7 @@ async fn kvs_c_producer_signature_is_accepted_and_any_change_rejected() {
         ("user-agent", "AWS-SDK-KVS/1.6.5"),
         ("connection", "close"),
     ] {
-        let (status, text) = send(
+        let (status, text) = send_raw(
             srv.addr,
             c_producer_head(srv.addr, "cprod", Some((k, v))),
             &chunked,
@@ -213,10 +176,10 @@ async fn policies_limit_actions_and_streams() {
         (head, body)
     };
     let (h, b) = signed_get("cam-1");
-    let (status, text) = send(srv.addr, h, b.as_bytes()).await;
+    let (status, text) = send_raw(srv.addr, h, b.as_bytes()).await;
     assert_eq!(status, 200, "{text}");
     let (h, b) = signed_get("door-1");
-    let (status, text) = send(srv.addr, h, b.as_bytes()).await;
+    let (status, text) = send_raw(srv.addr, h, b.as_bytes()).await;
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("NotAuthorizedException"));
     // Not allowed to PutMedia, even on cam-1.
@@ -239,7 +202,7 @@ async fn policies_limit_actions_and_streams() {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let (status, text) = send(srv.addr, head, b"0\r\n\r\n").await;
+    let (status, text) = send_raw(srv.addr, head, b"0\r\n\r\n").await;
     assert_eq!(status, 401, "{text}");
     // Nor CreateStream.
     let (status, h, _) = raw_http_signed(
@@ -362,7 +325,7 @@ async fn wrongly_signed_requests_get_the_documented_errors() {
         ),
     ];
     for (what, head, sent_body, status, kind) in cases {
-        let (got, text) = send(srv.addr, head, sent_body.as_bytes()).await;
+        let (got, text) = send_raw(srv.addr, head, sent_body.as_bytes()).await;
         assert_eq!(got, status, "{what}: {text}");
         assert!(text.contains(kind), "{what}: {text}");
     }
@@ -386,14 +349,14 @@ async fn wrongly_signed_requests_get_the_documented_errors() {
             }
         })
         .collect();
-    let (got, text) = send(srv.addr, request(bad, body), body.as_bytes()).await;
+    let (got, text) = send_raw(srv.addr, request(bad, body), body.as_bytes()).await;
     assert_eq!(got, 403, "{text}");
     assert!(
         text.contains("InvalidSignatureException") && text.contains("kinesisvideo"),
         "{text}"
     );
     // The same request signed right is answered (404: no such stream).
-    let (got, text) = send(
+    let (got, text) = send_raw(
         srv.addr,
         request(
             sign_with(
@@ -437,7 +400,7 @@ async fn presigned_urls_expire_and_resist_tampering() {
             "POST {path_q} HTTP/1.1\r\nHost: {}\r\ntransfer-encoding: chunked\r\n\r\n",
             srv.addr
         );
-        send(srv.addr, head, b"0\r\n\r\n").await
+        send_raw(srv.addr, head, b"0\r\n\r\n").await
     };
     let ok = presigned_put_url(
         srv.addr,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::json::KvsJson;
+use crate::auth::Access;
 use super::media::own_fragment_seq;
 use crate::clock::{EpochSecs, epoch_ms_from_json_secs};
 use crate::error::{Error, ErrorKind, Result};
@@ -168,6 +169,7 @@ pub(super) fn required_range(
 
 async fn list_fragments(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<ListFragmentsInput>,
 ) -> Result<Json<ListFragmentsOutput>> {
     let limit = i.max_results.unwrap_or(1000);
@@ -212,6 +214,7 @@ async fn list_fragments(
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -266,6 +269,7 @@ struct FragmentListInput {
 
 async fn get_media_for_fragment_list(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<FragmentListInput>,
 ) -> Result<Response> {
     let numbers = i
@@ -280,6 +284,7 @@ async fn get_media_for_fragment_list(
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,

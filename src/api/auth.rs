@@ -1,12 +1,16 @@
 //! The authentication middleware: every API request must carry a valid SigV4 signature
-//! (header or presigned query) by a known key, and that key must be allowed the
-//! operation on the stream it names. Exempt: `GET /metrics`, and the HLS/DASH media GETs
-//! under `/hls/` and `/dash/`, which carry their own session token.
+//! (header or presigned query) by a known key allowed the operation; it leaves an
+//! [`Access`] in the request for `streams::Catalog`, which decides on the stream the
+//! handler resolves. Exempt: `GET /metrics`, and the HLS/DASH media GETs under `/hls/`
+//! and `/dash/`, which carry their own session token.
 //!
-//! JSON bodies (≤ `max_json_body_bytes`) are buffered to hash them, then handed on. The
-//! PutMedia body is never buffered: its signature covers the empty payload (as the KVS C
-//! producer signs it), `UNSIGNED-PAYLOAD` (presigned URLs), or what the client states in
-//! `x-amz-content-sha256` when that is not a digest of a streamed body.
+//! The key, scope and date are checked before any body byte is read. JSON bodies
+//! (≤ `max_json_body_bytes`, within `http.body_read_timeout`) are then buffered, and the
+//! signature must cover their hash; presigned URLs are refused on them. The PutMedia
+//! body is never buffered: its signature covers the empty payload (as the KVS C producer
+//! signs it), `UNSIGNED-PAYLOAD` (presigned URLs), or what the client states in
+//! `x-amz-content-sha256`; the headers that choose its stream and timecodes must be
+//! signed.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,7 +20,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::auth::Principal;
+use crate::auth::access::Method;
+use crate::auth::{Access, Principal};
 use crate::auth::sigv4::{self, Presented, RequestParts, SigError};
 use crate::error::{Error, ErrorKind};
 
@@ -53,35 +58,26 @@ fn sig_error(e: SigError) -> Error {
     }
 }
 
-/// The stream a request names: from the JSON body, or PutMedia's headers / query.
-fn stream_of(
-    path: &str,
-    headers: &[(String, String)],
-    query: &[(String, String)],
-    body: Option<&[u8]>,
-) -> Option<String> {
-    let from_arn = |arn: &str| arn.rsplit('/').nth(1).map(str::to_owned);
-    if path == "/putMedia" {
-        let get = |k: &str| {
-            headers
-                .iter()
-                .chain(query.iter())
-                .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.clone())
-        };
-        return get("x-amzn-stream-name")
-            .or_else(|| get("x-amzn-stream-arn").and_then(|a| from_arn(&a)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(body?).ok()?;
-    v["StreamName"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| v["StreamARN"].as_str().and_then(from_arn))
-}
+/// PutMedia parameters that choose what a request does: when sent as headers they must be
+/// signed (named in `SignedHeaders`), and a presigned URL binds them in its query.
+pub const PUT_MEDIA_BOUND: [&str; 4] = [
+    "x-amzn-stream-name",
+    "x-amzn-stream-arn",
+    "x-amzn-fragment-timecode-type",
+    "x-amzn-producer-start-timestamp",
+];
 
-/// The middleware.
+/// The middleware. Every non-exempt request leaves it with an [`Access`] in its
+/// extensions (unrestricted when auth is off); which streams it may touch is decided by
+/// `streams::Catalog` on the stream record the handler resolves.
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.auth.enabled || exempt(req.uri().path()) {
+    if exempt(req.uri().path()) {
+        return next.run(req).await;
+    }
+    if !state.auth.enabled {
+        let mut req = req;
+        let op = operation(req.uri().path());
+        req.extensions_mut().insert(Access::unrestricted(&op));
         return next.run(req).await;
     }
     match check(&state, req).await {
@@ -90,9 +86,14 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
     }
 }
 
+fn invalid_sig(m: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidSignature, m)
+}
+
 async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    let put_media = path == "/putMedia";
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -123,37 +124,14 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
             )
         }
     };
-    // The streamed PutMedia body passes through untouched; JSON bodies are hashed.
-    let (body_bytes, passthrough) = if path == "/putMedia" {
-        (None, Some(body))
+    let method = if presented.expires.is_some() {
+        Method::Presigned
     } else {
-        let limit = state.settings.max_json_body_bytes;
-        let b = axum::body::to_bytes(body, limit).await.map_err(|e| {
-            Error::invalid(format!(
-                "request body unreadable or larger than {limit} bytes: {e}"
-            ))
-        })?;
-        (Some(b), None)
-    };
-    let actual_hash = body_bytes.as_ref().map(|b| crate::check::content_hash(b));
-    let payload_hash = match (
-        presented.expires,
-        header("x-amz-content-sha256"),
-        &actual_hash,
-    ) {
-        (Some(_), _, _) => sigv4::UNSIGNED_PAYLOAD.to_owned(),
-        (None, Some(h), Some(actual)) if h != sigv4::UNSIGNED_PAYLOAD && h != actual => {
-            return Err(Error::new(
-                ErrorKind::InvalidSignature,
-                "x-amz-content-sha256 does not match the request body",
-            ));
-        }
-        (None, Some(h), _) => h.to_owned(),
-        (None, None, Some(actual)) => actual.clone(),
-        (None, None, None) => sigv4::EMPTY_SHA256.to_owned(),
+        Method::Header
     };
 
-    // Key, scope and time before the signature itself.
+    // Key, scope and time first: nothing of the body is read for a request that cannot
+    // be valid, so unsigned clients cannot make the server buffer anything.
     let secret = state
         .auth
         .keys
@@ -166,19 +144,13 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
         })?
         .to_owned();
     if presented.service != sigv4::SERVICE {
-        return Err(Error::new(
-            ErrorKind::InvalidSignature,
-            format!(
-                "credential must be scoped to the service 'kinesisvideo': service={}",
-                presented.service
-            ),
-        ));
+        return Err(invalid_sig(format!(
+            "credential must be scoped to the service 'kinesisvideo': service={}",
+            presented.service
+        )));
     }
     if !presented.amz_date.starts_with(&presented.scope_date) {
-        return Err(Error::new(
-            ErrorKind::InvalidSignature,
-            "credential scope date does not match X-Amz-Date",
-        ));
+        return Err(invalid_sig("credential scope date does not match X-Amz-Date"));
     }
     let signed_at = sigv4::parse_amz_date(&presented.amz_date).ok_or_else(|| {
         sig_error(SigError::Malformed(
@@ -210,6 +182,49 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
             }
         }
     }
+    // A presigned URL signs no body: it is accepted only where there is no JSON body to
+    // choose the stream (PutMedia binds its parameters in the signed query).
+    if method == Method::Presigned && !put_media {
+        return Err(Error::new(
+            ErrorKind::NotAuthorized,
+            "presigned URLs are accepted for PutMedia only: sign JSON requests in the Authorization header",
+        ));
+    }
+    if method == Method::Header && put_media {
+        for name in PUT_MEDIA_BOUND {
+            if header(name).is_some() && !presented.signed_headers.iter().any(|h| h == name) {
+                return Err(Error::new(
+                    ErrorKind::NotAuthorized,
+                    format!("header must be signed: {name} is not in SignedHeaders"),
+                ));
+            }
+        }
+    }
+
+    // The streamed PutMedia body passes through untouched; JSON bodies are read (with a
+    // size limit and a deadline) and hashed, and the signature must cover them.
+    let (payload_hash, body) = if put_media {
+        let hash = match (method, header("x-amz-content-sha256")) {
+            (Method::Presigned, _) => sigv4::UNSIGNED_PAYLOAD.to_owned(),
+            (_, Some(h)) => h.to_owned(),
+            (_, None) => sigv4::EMPTY_SHA256.to_owned(),
+        };
+        (hash, body)
+    } else {
+        let b = super::json::read_body(state, body).await?;
+        let actual = crate::check::content_hash(&b);
+        if let Some(h) = header("x-amz-content-sha256")
+            && h != actual
+        {
+            return Err(invalid_sig(if h == sigv4::UNSIGNED_PAYLOAD {
+                "JSON request bodies must be signed: UNSIGNED-PAYLOAD is accepted for PutMedia only"
+            } else {
+                "x-amz-content-sha256 does not match the request body"
+            }));
+        }
+        (actual, Body::from(b))
+    };
+
     let parts_for_sig = RequestParts {
         method: parts.method.as_str(),
         path: &path,
@@ -222,17 +237,15 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
     let who = Principal {
         access_key_id: presented.access_key_id.clone(),
     };
-    let stream = stream_of(&path, &headers, &query, body_bytes.as_deref());
-    state
+    let policy = state
         .auth
         .keys
-        .authorize(&who, &operation(&path), stream.as_deref())?;
-    parts.extensions.insert(who);
-    let body = match (body_bytes, passthrough) {
-        (Some(b), _) => Body::from(b),
-        (None, Some(b)) => b,
-        (None, None) => Body::empty(),
-    };
+        .policy(&who.access_key_id)
+        .ok_or_else(|| Error::new(ErrorKind::UnrecognizedClient, "unknown access key"))?;
+    let access = Access::for_key(who, policy, &operation(&path), method);
+    // The action alone is checked here; the stream, on the record the handler resolves.
+    access.check_action()?;
+    parts.extensions.insert(access);
     Ok(Request::from_parts(parts, body))
 }
 
@@ -241,29 +254,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn operations_and_streams() {
+    fn operations() {
         assert_eq!(
             operation("/getHLSStreamingSessionURL"),
             "GetHLSStreamingSessionURL"
         );
         assert_eq!(operation("/putMedia"), "PutMedia");
-        let h = vec![("x-amzn-stream-name".to_string(), "cam1".to_string())];
-        assert_eq!(
-            stream_of("/putMedia", &h, &[], None).as_deref(),
-            Some("cam1")
-        );
-        let q = vec![(
-            "x-amzn-stream-arn".to_string(),
-            "arn:aws:kinesisvideo:us-east-1:000000000000:stream/cam2/1".to_string(),
-        )];
-        assert_eq!(
-            stream_of("/putMedia", &[], &q, None).as_deref(),
-            Some("cam2")
-        );
-        assert_eq!(
-            stream_of("/getMedia", &[], &[], Some(br#"{"StreamName":"c3"}"#)).as_deref(),
-            Some("c3")
-        );
-        assert_eq!(stream_of("/listStreams", &[], &[], Some(b"{}")), None);
     }
 }

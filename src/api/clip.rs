@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::archived::require_retention;
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_ms_from_json_secs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::TimestampKind;
@@ -95,6 +96,7 @@ struct GetClipInput {
 
 async fn get_clip(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetClipInput>,
 ) -> Result<Response> {
     let sel = i
@@ -116,12 +118,15 @@ async fn get_clip(
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
         )
         .await?;
     require_retention(&stream)?;
+    // Held until the whole clip is sent (moved into the sending task below).
+    let slot = state.playback.clip_slot()?;
     let limits = state.playback.settings.clone();
     let rows = select_fragments(
         &state.catalog,
@@ -165,6 +170,7 @@ async fn get_clip(
     let total = layout.total;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
+        let _slot = slot;
         let mut buf = BytesMut::with_capacity(CHUNK);
         buf.extend_from_slice(&layout.head);
         for ((row, kept), (meta, _)) in parts.into_iter().zip(metas) {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_secs_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{StreamRecord, StreamUpdate};
@@ -80,6 +81,7 @@ struct CreateStreamInput {
 
 async fn create_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<CreateStreamInput>,
 ) -> Result<Json<Value>> {
     let name = i
@@ -87,7 +89,7 @@ async fn create_stream(
         .ok_or_else(|| Error::invalid("StreamName is required"))?;
     let s = state
         .catalog
-        .create(CreateStream {
+        .create(&access, CreateStream {
             name,
             device_name: i.device_name,
             media_type: i.media_type,
@@ -110,11 +112,13 @@ struct StreamRef {
 
 async fn describe_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<StreamRef>,
 ) -> Result<Json<Value>> {
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -153,6 +157,7 @@ fn decode_token(token: &str) -> Result<String> {
 
 async fn list_streams(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<ListStreamsInput>,
 ) -> Result<Json<Value>> {
     let limit = i.max_results.unwrap_or(10_000);
@@ -188,13 +193,11 @@ async fn list_streams(
         .map(decode_token)
         .transpose()?;
     let limit = limit as usize;
-    let mut page = state
+    // Only the streams this key may see: a key limited to `cam-*` lists only those.
+    let (page, more) = state
         .catalog
-        .index()
-        .list_streams(prefix.as_deref(), after.as_deref(), limit + 1)
+        .list(&access, prefix.as_deref(), after.as_deref(), limit)
         .await?;
-    let more = page.len() > limit;
-    page.truncate(limit);
     let list: Vec<Value> = page.iter().map(|s| stream_info(&state, s)).collect();
     let mut out = json!({ "StreamInfoList": list });
     if more && let Some(last) = page.last() {
@@ -220,6 +223,7 @@ fn required_version(v: Option<String>) -> Result<String> {
 
 async fn update_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<UpdateStreamInput>,
 ) -> Result<Json<Value>> {
     let version = required_version(i.current_version)?;
@@ -232,6 +236,7 @@ async fn update_stream(
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -248,6 +253,8 @@ async fn update_stream(
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DeleteStreamInput {
+    /// Not in the AWS model; accepted only when it names the same stream as the ARN.
+    stream_name: Option<String>,
     #[serde(rename = "StreamARN")]
     stream_arn: Option<String>,
     current_version: Option<String>,
@@ -255,6 +262,7 @@ struct DeleteStreamInput {
 
 async fn delete_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<DeleteStreamInput>,
 ) -> Result<Json<Value>> {
     let arn = i
@@ -262,7 +270,12 @@ async fn delete_stream(
         .ok_or_else(|| Error::invalid("StreamARN is required"))?;
     let s = state
         .catalog
-        .resolve(None, Some(&arn), ErrorKind::InvalidArgument)
+        .resolve(
+            &access,
+            i.stream_name.as_deref(),
+            Some(&arn),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     state
         .catalog
@@ -286,6 +299,7 @@ struct UpdateDataRetentionInput {
 
 async fn update_data_retention(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<UpdateDataRetentionInput>,
 ) -> Result<Json<Value>> {
     let version = required_version(i.current_version)?;
@@ -310,6 +324,7 @@ async fn update_data_retention(
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -341,6 +356,7 @@ struct TagStreamInput {
 
 async fn tag_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<TagStreamInput>,
 ) -> Result<Json<Value>> {
     let tags = i.tags.ok_or_else(|| Error::invalid("Tags is required"))?;
@@ -348,6 +364,7 @@ async fn tag_stream(
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidResourceFormat,
@@ -387,6 +404,7 @@ struct UntagStreamInput {
 
 async fn untag_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<UntagStreamInput>,
 ) -> Result<Json<Value>> {
     let keys = i
@@ -404,6 +422,7 @@ async fn untag_stream(
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidResourceFormat,
@@ -428,11 +447,13 @@ struct ListTagsInput {
 
 async fn list_tags_for_stream(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<ListTagsInput>,
 ) -> Result<Json<Value>> {
     let s = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidResourceFormat,
@@ -466,6 +487,7 @@ struct GetDataEndpointInput {
 
 async fn get_data_endpoint(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetDataEndpointInput>,
 ) -> Result<Json<Value>> {
     let api = i
@@ -480,6 +502,7 @@ async fn get_data_endpoint(
     state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::archived::{require_retention, required_range};
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_secs_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::images::generation::{self, DestinationConfig, GenerationConfig};
@@ -113,6 +114,7 @@ impl Plan {
 
 async fn get_images(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetImagesInput>,
 ) -> Result<Json<Value>> {
     let cfg = &state.settings.images;
@@ -167,6 +169,7 @@ async fn get_images(
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -300,11 +303,13 @@ fn validate_generation(state: &AppState, g: GenerationInput) -> Result<Generatio
 
 async fn update_generation(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<UpdateGenerationInput>,
 ) -> Result<Json<Value>> {
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -328,11 +333,13 @@ async fn update_generation(
 
 async fn describe_generation(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<DescribeGenerationInput>,
 ) -> Result<Json<Value>> {
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,

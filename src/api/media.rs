@@ -4,12 +4,13 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
 use super::AppState;
 use super::json::KvsJson;
+use crate::auth::Access;
 use crate::clock::epoch_ms_from_json_secs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{StreamRecord, TimestampKind};
@@ -111,11 +112,13 @@ async fn start_of(state: &AppState, stream: &StreamRecord, sel: StartSelector) -
 
 async fn get_media(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<GetMediaInput>,
 ) -> Result<Response> {
     let stream = state
         .catalog
         .resolve(
+            &access,
             i.stream_name.as_deref(),
             i.stream_arn.as_deref(),
             ErrorKind::InvalidArgument,
@@ -131,7 +134,11 @@ async fn get_media(
         stream.name.as_str(),
     )?;
     let key = state.catalog.data_key(&stream)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(32);
+    // Bounded in bytes and counted in the ingest memory budget (see `ingest::reader_queue`).
+    let (tx, rx) = crate::ingest::reader_queue(
+        state.ingest.budget().clone(),
+        state.settings.media.max_reader_queue_bytes as usize,
+    );
     let reader = media::Reader::new(
         state.catalog.clone(),
         stream,
@@ -144,5 +151,9 @@ async fn get_media(
         reader.run(start).await;
         drop(guard);
     });
-    Ok(super::streamed(rx, "video/webm"))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "video/webm")],
+        axum::body::Body::from_stream(rx),
+    )
+        .into_response())
 }

@@ -1,8 +1,11 @@
 //! HLS and DASH sessions: `POST /getHLSStreamingSessionURL` and
 //! `POST /getDASHStreamingSessionURL` validate the request, check the stream's media
 //! once and return a URL carrying a signed session token; the session resources under
-//! `/hls/v1/` and `/dash/v1/` are plain GETs authorised only by that token. A token
-//! that does not verify, belongs to the other protocol or has expired is answered 403
+//! `/hls/v1/` and `/dash/v1/` are plain GETs authorised only by that token, plus a
+//! re-check of the access key that asked for the session (carried in the token): once
+//! that key is removed or may no longer open sessions on the stream, its sessions stop.
+//! A token that does not verify, belongs to the other protocol, has expired, is past its
+//! absolute lifetime or whose key is no longer allowed is answered 403
 //! with a JSON error and no data; a deleted stream or an unknown fragment is 404. Every
 //! resource answer (errors included) carries CORS headers.
 
@@ -22,6 +25,7 @@ use super::AppState;
 use super::archived::require_retention;
 use super::clip::{FragmentSelector, check_range, selector_kind, ts_member};
 use super::json::KvsJson;
+use crate::auth::Access;
 use super::media::own_fragment_seq;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
@@ -29,7 +33,7 @@ use crate::media::demux::FragmentLoader;
 use crate::playback::mp4::{self, Tracks};
 use crate::playback::timeline::{self, Live, Window};
 use crate::playback::token::{
-    Claims, Container, Discontinuity, Mode, Protocol, Selector, random_bytes,
+    Claims, Container, Discontinuity, Mode, Protocol, Selector, TokenError, random_bytes,
 };
 use crate::playback::{Dedup, MediaConfig, dash, hls, select_fragments, ts, ts_of};
 
@@ -112,11 +116,26 @@ struct Common<'a> {
     expires: Option<i64>,
     max_results: Option<i64>,
     max_member: &'a str,
+    /// The access key that signed the request (none with auth off).
+    key_id: Option<String>,
+}
+
+/// The signing access key of a request (none with auth off).
+fn key_id(access: &Access) -> Option<String> {
+    access.principal().map(|p| p.access_key_id.clone())
+}
+
+/// The operation whose permission a session of `protocol` needs.
+fn session_operation(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Hls => "GetHLSStreamingSessionURL",
+        Protocol::Dash => "GetDASHStreamingSessionURL",
+    }
 }
 
 /// Validates a session request, checks the stream's media and returns the claims
 /// (container and display options are filled in by the caller).
-async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
+async fn new_session(state: &AppState, access: &Access, i: Common<'_>) -> Result<Claims> {
     let mode = match i.mode {
         None | Some("LIVE") => Mode::Live,
         Some("LIVE_REPLAY") => Mode::LiveReplay,
@@ -179,7 +198,7 @@ async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
     }
     let stream = state
         .catalog
-        .resolve(i.stream_name, i.stream_arn, ErrorKind::InvalidArgument)
+        .resolve(access, i.stream_name, i.stream_arn, ErrorKind::InvalidArgument)
         .await?;
     require_retention(&stream)?;
     let probe = match mode {
@@ -236,11 +255,13 @@ async fn new_session(state: &AppState, i: Common<'_>) -> Result<Claims> {
         max_results: max_results as u32,
         created_ms: now,
         expires_ms: now + expires * 1000,
+        key_id: i.key_id,
     })
 }
 
 async fn hls_session_url(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<HlsInput>,
 ) -> Result<Json<serde_json::Value>> {
     let container = match i.container_format.as_deref() {
@@ -269,6 +290,7 @@ async fn hls_session_url(
     )?;
     let mut c = new_session(
         &state,
+        &access,
         Common {
             protocol: Protocol::Hls,
             stream_name: i.stream_name.as_deref(),
@@ -279,6 +301,7 @@ async fn hls_session_url(
             expires: i.expires,
             max_results: i.max_media_playlist_fragment_results,
             max_member: "MaxMediaPlaylistFragmentResults",
+            key_id: key_id(&access),
         },
     )
     .await?;
@@ -299,6 +322,7 @@ async fn hls_session_url(
 
 async fn dash_session_url(
     State(state): State<AppState>,
+    access: Access,
     KvsJson(i): KvsJson<DashInput>,
 ) -> Result<Json<serde_json::Value>> {
     let display_ts = always_never(
@@ -311,6 +335,7 @@ async fn dash_session_url(
     )?;
     let mut c = new_session(
         &state,
+        &access,
         Common {
             protocol: Protocol::Dash,
             stream_name: i.stream_name.as_deref(),
@@ -321,6 +346,7 @@ async fn dash_session_url(
             expires: i.expires,
             max_results: i.max_manifest_fragment_results,
             max_member: "MaxManifestFragmentResults",
+            key_id: key_id(&access),
         },
     )
     .await?;
@@ -400,17 +426,23 @@ async fn open(
     let token = q
         .get("SessionToken")
         .ok_or_else(|| Error::invalid("SessionToken is required"))?;
+    let now = state.catalog.clock().now_ms();
+    let max_life = state.playback.settings.max_session_lifetime.as_millis() as i64;
     let claims = state
         .playback
         .signer
-        .verify(token)
-        .map_err(|_| Fail::Forbidden("session token is not valid".into()))?;
+        .verify(token, now, max_life)
+        .map_err(|e| {
+            Fail::Forbidden(match e {
+                TokenError::Invalid => "session token is not valid".into(),
+                TokenError::Expired => "session token is past its lifetime".into(),
+            })
+        })?;
     if claims.protocol != protocol {
         return Err(Fail::Forbidden(
             "session token belongs to another protocol".into(),
         ));
     }
-    let now = state.catalog.clock().now_ms();
     let slot = state
         .playback
         .sessions
@@ -424,6 +456,24 @@ async fn open(
         .map_err(Error::from)?
         .ok_or_else(|| Error::not_found("the session's stream no longer exists"))?;
     require_retention(&stream)?;
+    if let Some(k) = claims.key_id.as_ref().filter(|_| state.auth.enabled) {
+        let who = crate::auth::Principal {
+            access_key_id: k.clone(),
+        };
+        state
+            .auth
+            .keys
+            .authorize(
+                &who,
+                session_operation(protocol),
+                Some(stream.name.as_str()),
+            )
+            .map_err(|_| {
+                Fail::Forbidden(
+                    "the access key that opened this session is no longer allowed to".into(),
+                )
+            })?;
+    }
     Ok(Ctx {
         claims,
         token: token.clone(),

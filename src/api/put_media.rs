@@ -12,6 +12,9 @@ use axum::routing::post;
 use futures::StreamExt;
 
 use super::AppState;
+use super::auth::PUT_MEDIA_BOUND;
+use crate::auth::Access;
+use crate::auth::access::Method;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragmenter::TimecodeMode;
 use crate::ingest::ack::AckSender;
@@ -22,25 +25,40 @@ pub fn router() -> Router<AppState> {
 }
 
 /// PutMedia parameters: request headers, or the same names in the query string (so a
-/// presigned URL can carry them for producers that cannot set headers).
+/// presigned URL can carry them for producers that cannot set headers). A header and a
+/// query parameter that disagree are refused; on a presigned URL the signed query alone
+/// binds the stream and timecodes ([`PUT_MEDIA_BOUND`]): a header that differs from it,
+/// or sets what it left out, gets `NotAuthorized`.
 struct Params<'a> {
     headers: &'a HeaderMap,
     query: Vec<(String, String)>,
+    presigned: bool,
 }
 
 impl Params<'_> {
     fn get(&self, name: &str) -> Result<Option<String>> {
-        if let Some(v) = self.headers.get(name) {
-            return v
-                .to_str()
-                .map(|s| Some(s.trim().to_owned()))
-                .map_err(|_| Error::invalid(format!("header is not valid text: header={name}")));
-        }
-        Ok(self
+        let header = match self.headers.get(name) {
+            Some(v) => Some(v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
+                Error::invalid(format!("header is not valid text: header={name}"))
+            })?),
+            None => None,
+        };
+        let query = self
             .query
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone()))
+            .map(|(_, v)| v.clone());
+        let bound = self.presigned && PUT_MEDIA_BOUND.contains(&name);
+        match (header, query) {
+            (Some(h), q) if bound && q.as_deref() != Some(h.as_str()) => Err(Error::new(
+                ErrorKind::NotAuthorized,
+                format!("header {name} is not what the presigned URL signed; the URL's query binds it"),
+            )),
+            (Some(h), Some(q)) if h != q => Err(Error::invalid(format!(
+                "header and query parameter disagree: name={name}"
+            ))),
+            (h, q) => Ok(h.or(q)),
+        }
     }
 }
 
@@ -79,6 +97,7 @@ pub fn parse_start_timestamp(raw: &str, kvs_c_producer: bool) -> Result<i64> {
 
 async fn put_media(
     State(state): State<AppState>,
+    access: Access,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
@@ -88,12 +107,13 @@ async fn put_media(
         query: form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect(),
+        presigned: access.method() == Method::Presigned,
     };
     let name = p.get("x-amzn-stream-name")?;
     let arn = p.get("x-amzn-stream-arn")?;
     let stream = state
         .catalog
-        .resolve(name.as_deref(), arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(&access, name.as_deref(), arn.as_deref(), ErrorKind::InvalidArgument)
         .await?;
     let user_agent = p.get("user-agent")?.unwrap_or_default();
     let kvs_sdk = user_agent.starts_with("AWS-SDK-KVS");

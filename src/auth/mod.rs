@@ -4,10 +4,14 @@
 //! prints it once. Verification of the SigV4 signature itself is in [`sigv4`]; the HTTP
 //! middleware that applies both is `api::auth`.
 
+pub mod access;
 pub mod sigv4;
+
+pub use access::Access;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{AuthSettings, KeySpec, Secret, Settings};
 use crate::error::{Error, ErrorKind, Result};
@@ -18,13 +22,39 @@ pub struct Principal {
     pub access_key_id: String,
 }
 
+/// What a key may do, like an IAM policy: actions on streams whose names match.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `kinesisvideo:<Operation>` names, or `*` / `kinesisvideo:*`.
+    pub actions: Vec<String>,
+    /// Stream-name glob patterns (`*` matches any run of characters).
+    pub streams: Vec<String>,
+}
+
+impl Policy {
+    fn root() -> Self {
+        Self {
+            actions: vec!["*".into()],
+            streams: vec!["*".into()],
+        }
+    }
+
+    /// `action` is `kinesisvideo:<Operation>`.
+    pub fn allows_action(&self, action: &str) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a == "*" || a == "kinesisvideo:*" || a.eq_ignore_ascii_case(action))
+    }
+
+    pub fn allows_stream(&self, name: &str) -> bool {
+        self.streams.iter().any(|p| glob_match(p, name))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Key {
     secret: Secret,
-    /// `kinesisvideo:<Operation>` names, or `*` / `kinesisvideo:*`.
-    actions: Vec<String>,
-    /// Stream-name glob patterns (`*` matches any run of characters).
-    streams: Vec<String>,
+    policy: Arc<Policy>,
 }
 
 /// The configured keys and their rights.
@@ -71,8 +101,7 @@ impl KeyStore {
         let mut keys = HashMap::new();
         let root = |secret: Secret| Key {
             secret,
-            actions: vec!["*".into()],
-            streams: vec!["*".into()],
+            policy: Arc::new(Policy::root()),
         };
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
             keys.insert(id.clone(), root(secret.clone()));
@@ -90,8 +119,7 @@ impl KeyStore {
                 access_key_id,
                 Key {
                     secret: secret_access_key,
-                    actions,
-                    streams,
+                    policy: Arc::new(Policy { actions, streams }),
                 },
             );
         }
@@ -118,8 +146,7 @@ impl KeyStore {
             id.to_owned(),
             Key {
                 secret: Secret(secret.to_owned()),
-                actions: vec!["*".into()],
-                streams: vec!["*".into()],
+                policy: Arc::new(Policy::root()),
             },
         );
         Self { keys }
@@ -130,35 +157,25 @@ impl KeyStore {
         self.keys.get(access_key_id).map(|k| k.secret.0.as_str())
     }
 
-    /// Checks that `who` may run `operation` (e.g. `GetMedia`) on `stream` (or on any
-    /// stream, for operations without one).
+    /// The policy of a key.
+    pub fn policy(&self, access_key_id: &str) -> Option<Arc<Policy>> {
+        self.keys.get(access_key_id).map(|k| k.policy.clone())
+    }
+
+    /// Checks that `who` may run `operation` (e.g. `GetMedia`) on `stream`, or, with
+    /// `None`, the operation itself (requests go through [`Access`] instead; this is for
+    /// credentials presented later, like a session token's issuing key).
     pub fn authorize(&self, who: &Principal, operation: &str, stream: Option<&str>) -> Result<()> {
-        let Some(k) = self.keys.get(&who.access_key_id) else {
+        let Some(policy) = self.policy(&who.access_key_id) else {
             return Err(Error::new(
                 ErrorKind::UnrecognizedClient,
                 "unknown access key",
             ));
         };
-        let action = format!("kinesisvideo:{operation}");
-        let action_ok = k
-            .actions
-            .iter()
-            .any(|a| a == "*" || a == "kinesisvideo:*" || a.eq_ignore_ascii_case(&action));
-        let stream_ok = match stream {
-            Some(s) => k.streams.iter().any(|p| glob_match(p, s)),
-            None => true,
-        };
-        if action_ok && stream_ok {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::NotAuthorized,
-                format!(
-                    "access key is not allowed to do this: key={} action={action} stream={}",
-                    who.access_key_id,
-                    stream.unwrap_or("-")
-                ),
-            ))
+        let access = Access::for_key(who.clone(), policy, operation, access::Method::Header);
+        match stream {
+            Some(s) => access.check_stream(s),
+            None => access.check_action(),
         }
     }
 }

@@ -40,7 +40,7 @@ enum Command {
     ListFragments(consume::ListFragmentsArgs),
     /// Upload MKV from a file or standard input (PutMedia), resuming after failures.
     Put(put::PutArgs),
-    /// Print a presigned PutMedia/GetMedia URL for producers that cannot sign.
+    /// Print a presigned PutMedia URL for producers that cannot sign.
     Presign(put::PresignArgs),
     /// Save still images of a time range (GetImages) as numbered files plus index.json.
     Images(images::ImagesArgs),

@@ -62,7 +62,7 @@ pub struct PresignArgs {
     endpoint: Endpoint,
     #[arg(long)]
     stream: String,
-    /// `PUT_MEDIA` or `GET_MEDIA`.
+    /// `PUT_MEDIA` (the only API a presigned URL can bind: JSON APIs sign their body).
     #[arg(long, default_value = "PUT_MEDIA")]
     api: String,
     /// Validity, e.g. `15m`, `1h` (at most 7 days).
@@ -83,8 +83,10 @@ pub fn presign(a: PresignArgs) -> anyhow::Result<()> {
         .context("presign needs credentials (--access-key-id/--secret-access-key or AWS_*)")?;
     let path = match a.api.as_str() {
         "PUT_MEDIA" => "/putMedia",
-        "GET_MEDIA" => "/getMedia",
-        other => bail!("--api must be PUT_MEDIA or GET_MEDIA, not {other}"),
+        "GET_MEDIA" => bail!(
+            "GET_MEDIA cannot be presigned: a presigned URL does not sign GetMedia's JSON body, so the server refuses it; use `streamvault get-media`, which signs"
+        ),
+        other => bail!("--api must be PUT_MEDIA, not {other}"),
     };
     let mut q = vec![("x-amzn-stream-name".to_owned(), a.stream.clone())];
     if let Some(t) = a.timecodes {

@@ -1,8 +1,13 @@
 //! PutMedia ingest: per-stream runtime state shared by upload sessions (connection count,
-//! rate cap, the fragment-number allocator, the live hand-off channel), the global
-//! ingest memory budget, and the session driver ([`session`]) that runs one upload.
+//! rate cap, the fragment-number allocator, the live hand-off), the global ingest memory
+//! budget ([`budget`]), and the session driver ([`session`]) that runs one upload. The
+//! live hand-off is a byte-bounded broadcast ([`hub`]) plus the stream's live state
+//! below; GetMedia readers drain it into byte-bounded output queues ([`reader_queue`]).
 
 pub mod ack;
+pub mod budget;
+pub mod hub;
+pub mod reader_queue;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};
@@ -11,14 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
+
+use self::budget::Budget;
+pub use self::hub::LiveReceiver;
+use self::hub::{FragmentMemory, Hub};
+pub use self::reader_queue::{QueueReceiver, QueueSender, reader_queue};
 
 use crate::config::IngestSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::Index;
 
-/// How many live events a slow reader may lag before it must catch up from storage.
+/// How many live events a slow reader may lag before it must catch up from storage
+/// (besides the byte cap `ingest.live_buffer_bytes`).
 pub const LIVE_CHANNEL: usize = 4096;
 /// Fragment numbers reserved per index write.
 const SEQ_BLOCK: u64 = 64;
@@ -68,6 +78,8 @@ pub struct LiveFragment {
     /// `Some` once complete (RECEIVED).
     pub metadata: Option<Arc<Vec<(String, String)>>>,
     bytes: usize,
+    /// The frames' share of the memory budget, held while any copy of them lives.
+    mem: FragmentMemory,
 }
 
 /// What a new live reader starts from: the last completed fragments (which may not be
@@ -91,7 +103,8 @@ struct LiveState {
 }
 
 impl LiveState {
-    fn apply(&mut self, ev: &LiveEvent) {
+    /// Applies an event; returns the memory a frame event's bytes are counted in.
+    fn apply(&mut self, ev: &LiveEvent, budget: &Budget) -> Option<FragmentMemory> {
         match ev {
             LiveEvent::FragmentStart(info) => {
                 self.open = Some(LiveFragment {
@@ -99,12 +112,15 @@ impl LiveState {
                     frames: Vec::new(),
                     metadata: None,
                     bytes: 0,
+                    mem: Arc::new(Mutex::new(budget.charge(0))),
                 });
             }
             LiveEvent::Frame { seq, block } => {
                 if let Some(f) = self.open.as_mut().filter(|f| f.info.seq == *seq) {
                     f.bytes += block.len();
                     f.frames.push(block.clone());
+                    f.mem.lock().expect("fragment memory").grow(block.len());
+                    return Some(f.mem.clone());
                 }
             }
             LiveEvent::FragmentEnd { seq, metadata } => {
@@ -128,6 +144,7 @@ impl LiveState {
             // fragment and the persist queue, instead of the last 8 fragments).
             LiveEvent::FragmentPersisted { seq } => self.recent.retain(|f| f.info.seq != *seq),
         }
+        None
     }
 }
 
@@ -138,8 +155,9 @@ pub struct StreamRuntime {
     readers: AtomicUsize,
     rate: Mutex<TokenBucket>,
     seq: tokio::sync::Mutex<SeqBlock>,
-    live: broadcast::Sender<LiveEvent>,
+    live: Arc<Hub>,
     state: Mutex<LiveState>,
+    budget: Budget,
     /// Cancelled when the stream is deleted: live readers end.
     deleted: CancellationToken,
 }
@@ -163,7 +181,7 @@ impl Drop for ReaderGuard {
 impl StreamRuntime {
     /// Subscribes to the live hand-off and returns what is in memory right now; no event
     /// falls between the snapshot and the subscription.
-    pub fn subscribe(&self) -> (LiveSnapshot, broadcast::Receiver<LiveEvent>) {
+    pub fn subscribe(&self) -> (LiveSnapshot, LiveReceiver) {
         let st = self.state.lock().expect("live state");
         let rx = self.live.subscribe();
         let fragments = st.recent.iter().chain(st.open.iter()).cloned().collect();
@@ -177,9 +195,8 @@ impl StreamRuntime {
 
     pub(crate) fn publish(&self, ev: LiveEvent) {
         let mut st = self.state.lock().expect("live state");
-        st.apply(&ev);
-        // No receivers is normal.
-        let _ = self.live.send(ev);
+        let mem = st.apply(&ev, &self.budget);
+        self.live.publish(ev, mem);
     }
 
     /// Takes a GetMedia reader slot or fails with `ConnectionLimitExceededException`.
@@ -251,9 +268,8 @@ impl TokenBucket {
 pub struct Ingest {
     pub settings: IngestSettings,
     streams: Mutex<HashMap<String, Arc<StreamRuntime>>>,
-    /// Memory budget in KiB permits.
-    memory: Arc<Semaphore>,
-    memory_kib: usize,
+    /// The memory budget of everything streams hold (see [`budget`]).
+    budget: Budget,
     /// Queue of the image generator (persisted fragments tagged for image generation).
     image_jobs: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::images::generation::Job>>,
 }
@@ -271,12 +287,12 @@ impl Drop for ConnectionGuard {
 
 impl Ingest {
     pub fn new(settings: IngestSettings) -> Self {
-        let memory_kib = (settings.memory_budget_bytes / 1024).max(1) as usize;
         Self {
+            budget: Budget::new(
+                usize::try_from(settings.memory_budget_bytes).unwrap_or(usize::MAX),
+            ),
             settings,
             streams: Mutex::default(),
-            memory: Arc::new(Semaphore::new(memory_kib)),
-            memory_kib,
             image_jobs: std::sync::OnceLock::new(),
         }
     }
@@ -329,7 +345,11 @@ impl Ingest {
                         last: None,
                     }),
                     seq: tokio::sync::Mutex::default(),
-                    live: broadcast::channel(LIVE_CHANNEL).0,
+                    live: Arc::new(Hub::new(
+                        usize::try_from(self.settings.live_buffer_bytes).unwrap_or(usize::MAX),
+                        LIVE_CHANNEL,
+                    )),
+                    budget: self.budget.clone(),
                 })
             })
             .clone()
@@ -365,9 +385,24 @@ impl Ingest {
         Ok((rt, guard))
     }
 
-    /// The memory budget (KiB permits) and its size.
-    pub(crate) fn memory(&self) -> (&Arc<Semaphore>, usize) {
-        (&self.memory, self.memory_kib)
+    /// The memory budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Drops every stream's buffered live events (the budget is exhausted): readers
+    /// behind the live edge continue from storage.
+    pub(crate) fn shed_live_buffers(&self) {
+        let runtimes: Vec<_> = self
+            .streams
+            .lock()
+            .expect("ingest registry")
+            .values()
+            .cloned()
+            .collect();
+        for rt in runtimes {
+            rt.live.shed();
+        }
     }
 }
 

@@ -6,6 +6,11 @@
 //! Back-pressure: body chunks are read only after the stream's rate cap allows them
 //! and the global memory budget has room; a slow store fills the persister's bounded
 //! queue, which stops the reading loop. Acks never block (see `ack`).
+//!
+//! Memory: the driver reserves a chunk's bytes before parsing it and keeps as much as
+//! the fragmenter buffers; a complete fragment takes its share along to the persister,
+//! which also charges the sealed copy while it is written. The live copies of frames
+//! are counted by the live state (`super::LiveState`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +18,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{Ack, AckSender};
+use super::budget::Reservation;
 use super::{FragmentInfo, Ingest, LiveEvent, SessionHeaderBytes, StreamRuntime};
 use crate::check::content_hash;
 use crate::fragmenter::{self, Fragment, Fragmenter, Output, TimecodeMode};
@@ -57,7 +63,7 @@ enum Job {
         session_id: u64,
         buffering_at: Instant,
         received_at: Instant,
-        _permits: Option<OwnedSemaphorePermit>,
+        _mem: Reservation,
     },
 }
 
@@ -69,13 +75,10 @@ struct Driver {
     session_id: Option<u64>,
     header: Option<Arc<SessionHeaderBytes>>,
     persist: mpsc::Sender<Job>,
-    held: Option<OwnedSemaphorePermit>,
+    /// Budget held for what the fragmenter buffers.
+    held: Reservation,
     /// Set by the persister when the stream was deleted under us.
     abort: CancellationToken,
-}
-
-fn kib(bytes: usize) -> u32 {
-    bytes.div_ceil(1024).max(1) as u32
 }
 
 /// Runs the session to the end of the body (or an error, idle timeout, shutdown).
@@ -102,7 +105,7 @@ where
         session_id: None,
         header: None,
         persist: persist_tx,
-        held: None,
+        held: ctx.ingest.budget().charge(0),
         abort: abort.clone(),
     };
     let idle_interval = ctx.ingest.settings.idle_ack_interval;
@@ -164,24 +167,18 @@ impl Driver {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let (sem, total) = self.ctx.ingest.memory();
-        let want = kib(chunk.len()).min((total / 2).max(1) as u32);
-        if let Ok(p) = sem.clone().acquire_many_owned(want).await {
-            match self.held.as_mut() {
-                Some(h) => h.merge(p),
-                None => self.held = Some(p),
-            }
-        }
+        let budget = self.ctx.ingest.budget();
+        let want = chunk.len().min((budget.limit() / 2).max(1));
+        let ingest = self.ctx.ingest.clone();
+        // Exhausted: first make slow live readers fall back to storage, then wait
+        // (the socket is not read meanwhile).
+        let r = budget.reserve(want, || ingest.shed_live_buffers()).await;
+        self.held.merge(r);
         self.fragmenter
             .push(&chunk, self.ctx.catalog.clock().now_ms());
         self.drain().await;
         // Give back what the fragmenter no longer holds.
-        let need = kib(self.fragmenter.buffered_bytes()) as usize;
-        if let Some(h) = self.held.as_mut()
-            && h.num_permits() > need
-        {
-            drop(h.split(h.num_permits() - need));
-        }
+        self.held.shrink_to(self.fragmenter.buffered_bytes());
     }
 
     async fn drain(&mut self) {
@@ -270,17 +267,17 @@ impl Driver {
                     seq,
                     metadata: Arc::new(fragment.metadata.clone()),
                 });
-                let permits = self.held.as_mut().and_then(|h| {
-                    let n = kib(fragment.cluster.len()).min(h.num_permits() as u32) as usize;
-                    h.split(n)
-                });
+                // The complete fragment is a new copy: it takes the budget the builder
+                // held, charged up to its size.
+                let mut mem = self.held.split(fragment.cluster.len());
+                mem.grow(fragment.cluster.len() - mem.bytes());
                 let job = Job::Fragment {
                     fragment,
                     seq,
                     session_id: self.session_id.unwrap_or_default(),
                     buffering_at,
                     received_at: Instant::now(),
-                    _permits: permits,
+                    _mem: mem,
                 };
                 // A full queue (slow store) waits here: back-pressure on the socket.
                 let _ = self.persist.send(job).await;
@@ -355,7 +352,7 @@ async fn persist_loop(
                 session_id,
                 buffering_at,
                 received_at,
-                _permits,
+                _mem,
             } => {
                 let number = FragmentNumber::new(ctx.stream.creation_ms, seq);
                 let tc = fragment.cluster_timecode;
@@ -460,10 +457,13 @@ async fn persist_fragment(
     {
         return Ok(Persisted::Duplicate { original: orig.seq });
     }
+    // The sealed copy exists while it is written.
+    let sealing = ctx.ingest.budget().charge(f.cluster.len() + 64);
     let stored = store
         .put_fragment(&ctx.key, seq, &f.cluster)
         .await
         .map_err(|e| PersistError::Failed(e.to_string()))?;
+    drop(sealing);
     let object_key = stored.key.clone();
     let rec = FragmentRecord {
         stream_id: ctx.stream.stream_id.clone(),

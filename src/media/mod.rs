@@ -18,11 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::index::StreamRecord;
 use crate::index::{FragmentRecord, Index};
-use crate::ingest::{LiveEvent, LiveFragment, SessionHeaderBytes, StreamRuntime};
+use crate::ingest::{
+    LiveEvent, LiveFragment, LiveReceiver, QueueSender, SessionHeaderBytes, StreamRuntime,
+};
 use crate::mkv;
 use crate::model::FragmentNumber;
 use crate::store::{BlobKind, DataKey, StoreError};
@@ -53,7 +55,7 @@ pub struct Reader {
     stream: StreamRecord,
     key: Arc<DataKey>,
     runtime: Arc<StreamRuntime>,
-    out: mpsc::Sender<Bytes>,
+    out: QueueSender,
     sessions: HashMap<u64, Arc<SessionHeaderBytes>>,
     /// The last fragment sent completely.
     after: Option<u64>,
@@ -74,7 +76,7 @@ impl Reader {
         stream: StreamRecord,
         key: Arc<DataKey>,
         runtime: Arc<StreamRuntime>,
-        out: mpsc::Sender<Bytes>,
+        out: QueueSender,
         max_idle: Option<Duration>,
     ) -> Self {
         let stored = stream.retention_hours > 0;
@@ -161,6 +163,8 @@ impl Reader {
                     self.emit_live(f).await?;
                 }
             }
+            // Its frames count in the memory budget while held: not kept while following.
+            drop(snapshot);
             if !self.live(&mut rx).await? {
                 return Ok(());
             }
@@ -340,7 +344,7 @@ impl Reader {
     }
 
     /// Follows live events. `Ok(true)`: lagged, start the hand-off again.
-    async fn live(&mut self, rx: &mut broadcast::Receiver<LiveEvent>) -> Result<bool, Stop> {
+    async fn live(&mut self, rx: &mut LiveReceiver) -> Result<bool, Stop> {
         loop {
             let idle = match (self.max_idle, self.partial) {
                 (Some(d), None) => d,

@@ -569,17 +569,58 @@ pub struct Playback {
     catalog: Catalog,
     /// Upload sessions by (stream id, session id); bounded, cleared when full.
     configs: Mutex<HashMap<(String, u64), SessionEntry>>,
+    /// GetClip builds in progress (`playback.max_concurrent_clips`).
+    clips: Arc<tokio::sync::Semaphore>,
 }
+
+/// GetClip requests refused because `playback.max_concurrent_clips` were running.
+pub const CLIPS_REFUSED_METRIC: &str = "streamvault_clips_refused_total";
 
 impl Playback {
     pub fn new(settings: PlaybackSettings, signer: token::TokenSigner, catalog: Catalog) -> Self {
-        let sessions = timeline::Sessions::new(settings.max_sessions);
+        let sessions = timeline::Sessions::new(settings.max_sessions, settings.max_session_entries);
         Self {
-            settings,
             signer,
             sessions,
             catalog,
             configs: Mutex::new(HashMap::new()),
+            clips: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_clips.max(1),
+            )),
+            settings,
+        }
+    }
+
+    /// A GetClip build slot, held until the clip is sent; when all are taken,
+    /// `ClientLimitExceededException` (the client retries later).
+    pub fn clip_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.clips.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!(CLIPS_REFUSED_METRIC).increment(1);
+            Error::new(
+                ErrorKind::ClientLimitExceeded,
+                format!(
+                    "too many GetClip requests in progress: max={}",
+                    self.settings.max_concurrent_clips
+                ),
+            )
+        })
+    }
+
+    /// Forgets expired HLS/DASH sessions every `playback.session_purge_interval` until
+    /// `stop` (spawned once by the server).
+    pub async fn purge_expired(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.session_purge_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    let n = self.sessions.purge(self.catalog.clock().now_ms());
+                    if n > 0 {
+                        tracing::debug!(sessions = n, "forgot expired playback sessions");
+                    }
+                }
+            }
         }
     }
 

@@ -5,12 +5,17 @@
 //! reloads even when fragment numbers skip; the timeline is rebuilt lazily after a
 //! restart (LIVE numbering then jumps forward, which players treat as new segments).
 //!
+//! Bounds: at most `playback.max_sessions` sessions and `playback.max_session_entries`
+//! timeline entries over all sessions (least recently used sessions are dropped first);
+//! expired sessions are forgotten by a periodic purge ([`Sessions::purge`]).
+//!
 //! Renewal: a LIVE or LIVE_REPLAY session that is used stays valid. Every request
 //! extends its validity to `now + Expires` (the `Expires` it was created with); the
 //! signed expiry in the token is the floor. Renewals live in memory, so after a server
 //! restart a session is valid until its signed expiry again.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::token::{Claims, Discontinuity, Mode, Selector};
@@ -167,6 +172,73 @@ pub struct Live {
     /// LIVE_REPLAY: producer time of the first fragment.
     origin_producer: Option<EpochMillis>,
     ended: bool,
+    counted: Counted,
+}
+
+/// Live sessions with state (gauge).
+pub const SESSIONS_METRIC: &str = "streamvault_playback_sessions";
+/// Timeline entries held by all live sessions (gauge).
+pub const ENTRIES_METRIC: &str = "streamvault_playback_session_entries";
+/// Approximate bytes of those entries (gauge).
+pub const ENTRY_BYTES_METRIC: &str = "streamvault_playback_session_entry_bytes";
+/// Sessions dropped because a cap was reached (counter).
+pub const EVICTED_METRIC: &str = "streamvault_playback_sessions_evicted_total";
+
+/// Entries (and their approximate bytes) of all timelines together.
+#[derive(Debug, Default)]
+struct Totals {
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A timeline's share of [`Totals`], given back when the timeline is dropped.
+#[derive(Debug)]
+struct Counted {
+    totals: Arc<Totals>,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Counted {
+    fn new(totals: &Arc<Totals>) -> Self {
+        Self {
+            totals: totals.clone(),
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    fn set(&mut self, entries: &VecDeque<Entry>) {
+        let bytes = entries.iter().map(entry_bytes).sum();
+        let t = &self.totals;
+        t.entries.fetch_add(entries.len(), Ordering::AcqRel);
+        t.entries.fetch_sub(self.entries, Ordering::AcqRel);
+        t.bytes.fetch_add(bytes, Ordering::AcqRel);
+        t.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        metrics::gauge!(ENTRIES_METRIC).increment(entries.len() as f64 - self.entries as f64);
+        metrics::gauge!(ENTRY_BYTES_METRIC).increment(bytes as f64 - self.bytes as f64);
+        self.entries = entries.len();
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(&VecDeque::new());
+    }
+}
+
+/// Approximate memory of one timeline entry (the row's heap parts included).
+fn entry_bytes(e: &Entry) -> usize {
+    let r = &e.row;
+    std::mem::size_of::<Entry>()
+        + r.stream_id.capacity()
+        + r.object_key.capacity()
+        + r.content_hash.capacity()
+        + r.metadata
+            .iter()
+            .map(|(k, v)| 48 + k.capacity() + v.capacity())
+            .sum::<usize>()
 }
 
 /// In-memory state of one session.
@@ -182,7 +254,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct Sessions {
     max: usize,
+    max_entries: usize,
     map: Mutex<HashMap<[u8; 12], Slot>>,
+    totals: Arc<Totals>,
 }
 
 /// A session outlived its validity.
@@ -190,11 +264,57 @@ pub struct Sessions {
 pub struct Expired;
 
 impl Sessions {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, max_entries: usize) -> Self {
         Self {
             max: max.max(1),
+            max_entries: max_entries.max(1),
             map: Mutex::new(HashMap::new()),
+            totals: Arc::default(),
         }
+    }
+
+    /// Drops the least recently used session other than `keep`.
+    fn evict_one(map: &mut HashMap<[u8; 12], Slot>, keep: Option<&[u8; 12]>) -> bool {
+        let Some(oldest) = map
+            .iter()
+            .filter(|(k, _)| Some(*k) != keep)
+            .min_by_key(|(_, s)| s.last_access)
+            .map(|(k, _)| *k)
+        else {
+            return false;
+        };
+        map.remove(&oldest);
+        metrics::counter!(EVICTED_METRIC).increment(1);
+        metrics::gauge!(SESSIONS_METRIC).decrement(1.0);
+        true
+    }
+
+    /// Drops least recently used sessions (never `keep`) while the timelines hold more
+    /// than `max_entries` entries. A dropped timeline's entries are given back once no
+    /// request uses it any more.
+    fn enforce_entries(&self, keep: &[u8; 12]) {
+        let mut map = self.map.lock().expect("sessions");
+        while self.totals.entries.load(Ordering::Acquire) > self.max_entries
+            && Self::evict_one(&mut map, Some(keep))
+        {}
+    }
+
+    /// Forgets every session expired at `now` (run periodically).
+    pub fn purge(&self, now: EpochMillis) -> usize {
+        let mut map = self.map.lock().expect("sessions");
+        let before = map.len();
+        map.retain(|_, s| s.valid_until >= now);
+        let purged = before - map.len();
+        metrics::gauge!(SESSIONS_METRIC).decrement(purged as f64);
+        purged
+    }
+
+    /// (entries, approximate bytes) held by all timelines.
+    pub fn entries(&self) -> (usize, usize) {
+        (
+            self.totals.entries.load(Ordering::Acquire),
+            self.totals.bytes.load(Ordering::Acquire),
+        )
     }
 
     /// Checks validity at `now` and renews live sessions. Returns the session's
@@ -210,7 +330,9 @@ impl Sessions {
         let renewed = map.get(&c.session_id).map(|s| s.valid_until);
         let valid_until = c.expires_ms.max(renewed.unwrap_or(i64::MIN));
         if now > valid_until {
-            map.remove(&c.session_id);
+            if map.remove(&c.session_id).is_some() {
+                metrics::gauge!(SESSIONS_METRIC).decrement(1.0);
+            }
             return Err(Expired);
         }
         if !live {
@@ -222,16 +344,14 @@ impl Sessions {
         } else {
             valid_until
         };
-        if !map.contains_key(&c.session_id) && map.len() >= self.max {
-            map.retain(|_, s| s.valid_until >= now);
-            while map.len() >= self.max {
-                let oldest = map
-                    .iter()
-                    .min_by_key(|(_, s)| s.last_access)
-                    .map(|(k, _)| *k)
-                    .expect("non-empty");
-                map.remove(&oldest);
+        if !map.contains_key(&c.session_id) {
+            if map.len() >= self.max {
+                let before = map.len();
+                map.retain(|_, s| s.valid_until >= now);
+                metrics::gauge!(SESSIONS_METRIC).decrement((before - map.len()) as f64);
+                while map.len() >= self.max && Self::evict_one(&mut map, None) {}
             }
+            metrics::gauge!(SESSIONS_METRIC).increment(1.0);
         }
         let slot = map.entry(c.session_id).or_insert_with(|| Slot {
             valid_until: until,
@@ -357,6 +477,7 @@ pub async fn live(
                         origin: None,
                         origin_producer: None,
                         ended: false,
+                        counted: Counted::new(&pb.sessions.totals),
                     });
                     (rows, end, false)
                 }
@@ -380,6 +501,7 @@ pub async fn live(
                     origin: first.first().map(|r| ts_of(r, k)),
                     origin_producer: first.first().map(|r| r.producer_ts_ms),
                     ended: false,
+                    counted: Counted::new(&pb.sessions.totals),
                 });
             }
             let t = guard.as_mut().expect("timeline");
@@ -424,7 +546,9 @@ pub async fn live(
         }
         Mode::OnDemand => return on_demand(pb, catalog, loader, c).await,
     }
-    let t = guard.as_ref().expect("timeline");
+    let t = guard.as_mut().expect("timeline");
+    t.counted.set(&t.entries);
+    pb.sessions.enforce_entries(&c.session_id);
     Ok(Window {
         entries: t.entries.iter().cloned().collect(),
         ended: t.ended,
@@ -503,12 +627,13 @@ mod tests {
             max_results: 5,
             created_ms: created,
             expires_ms: expires,
+            key_id: None,
         }
     }
 
     #[test]
     fn live_sessions_renew_while_used_on_demand_ones_expire() {
-        let s = Sessions::new(10);
+        let s = Sessions::new(10, 1000);
         let live = claims(Mode::Live, 0, 300_000);
         assert!(s.access(&live, 200_000, true).unwrap().is_some());
         // Past the signed expiry but renewed by the access at 200 s.
@@ -523,7 +648,7 @@ mod tests {
 
     #[test]
     fn session_state_is_bounded() {
-        let s = Sessions::new(3);
+        let s = Sessions::new(3, 1000);
         for i in 0..10u8 {
             let mut c = claims(Mode::Live, 0, 300_000);
             c.session_id = [i; 12];

@@ -1,11 +1,15 @@
 //! HLS/DASH session tokens. A token is the session itself, signed by the server: a
 //! fixed binary layout of [`Claims`] (session id, stream id, protocol, mode, selector
-//! range, container, display options, creation and expiry) followed by an
+//! range, container, display options, creation and expiry), then the access key id that
+//! asked for the session (length-prefixed, empty without auth), followed by an
 //! HMAC-SHA256 (aws-lc-rs) over a domain label and those bytes, base64url-encoded
 //! without padding so it needs no escaping in a query string. The HMAC key is 32
 //! random bytes generated on first start into `<data_dir>/keys/session-token.key`
 //! (mode 0600); deleting that file revokes every session. Tokens are verified in
-//! constant time; nothing in a token is trusted before its MAC checks.
+//! constant time; nothing in a token is trusted before its MAC checks, and no token is
+//! accepted past its absolute lifetime (`playback.max_session_lifetime` from its
+//! creation), whatever expiry it claims and however often it was renewed. The caller
+//! re-checks the key id on every use (a removed or narrowed key's sessions stop).
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +20,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use crate::clock::EpochMillis;
 
-const VERSION: u8 = 1;
+/// Version 2 added the key id; version 1 tokens are refused (clients ask again).
+const VERSION: u8 = 2;
 const LABEL: &[u8] = b"streamvault playback session v1\0";
 const MAC_LEN: usize = 32;
+/// The fixed part of the body; the key id (1 length byte + up to [`MAX_KEY_ID`]) follows.
 const BODY_LEN: usize = 1 + 1 + 12 + 16 + 1 + 1 + 8 + 8 + 1 + 1 + 1 + 1 + 4 + 8 + 8;
+/// Longest access key id a token carries.
+pub const MAX_KEY_ID: usize = 128;
+/// Largest `Expires` a session can be created with (AWS: 43200 s); a token claiming a
+/// longer one is refused even with a valid MAC.
+pub const MAX_EXPIRES_MS: i64 = 43_200_000;
 /// "No timestamp" in the fixed layout.
 const NONE_MS: i64 = i64::MIN;
 
@@ -84,6 +95,8 @@ pub struct Claims {
     pub max_results: u32,
     pub created_ms: EpochMillis,
     pub expires_ms: EpochMillis,
+    /// Access key that asked for the session (`None` with auth off).
+    pub key_id: Option<String>,
 }
 
 impl Claims {
@@ -92,9 +105,10 @@ impl Claims {
         hex::encode(self.session_id)
     }
 
-    fn encode(&self) -> Option<[u8; BODY_LEN]> {
+    fn encode(&self) -> Option<Vec<u8>> {
         let sid = hex::decode(&self.stream_id).ok()?;
-        if sid.len() != 16 {
+        let key = self.key_id.as_deref().unwrap_or("").as_bytes();
+        if sid.len() != 16 || key.len() > MAX_KEY_ID {
             return None;
         }
         let mut b = [0u8; BODY_LEN];
@@ -115,11 +129,14 @@ impl Claims {
         w.put(&self.created_ms.to_be_bytes());
         w.put(&self.expires_ms.to_be_bytes());
         debug_assert_eq!(w.at, BODY_LEN);
-        Some(b)
+        let mut out = b.to_vec();
+        out.push(key.len() as u8);
+        out.extend_from_slice(key);
+        Some(out)
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != BODY_LEN || b[0] != VERSION {
+        if b.len() < BODY_LEN + 1 || b[0] != VERSION {
             return None;
         }
         let mut r = Reader { b, at: 1 };
@@ -160,6 +177,12 @@ impl Claims {
         let max_results = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
         let created_ms = r.i64()?;
         let expires_ms = r.i64()?;
+        let key_len = usize::from(r.u8()?);
+        let key = std::str::from_utf8(r.take(key_len)?).ok()?.to_owned();
+        if r.at != b.len() {
+            return None;
+        }
+        let key_id = (!key.is_empty()).then_some(key);
         Some(Self {
             protocol,
             session_id,
@@ -175,6 +198,7 @@ impl Claims {
             max_results,
             created_ms,
             expires_ms,
+            key_id,
         })
     }
 }
@@ -215,6 +239,8 @@ impl Reader<'_> {
 pub enum TokenError {
     /// Not a token this server signed (garbled, truncated, forged, other key).
     Invalid,
+    /// Past its absolute lifetime, or claiming an expiry no session can have.
+    Expired,
 }
 
 /// Signs and verifies session tokens with the server's token key.
@@ -273,27 +299,43 @@ impl TokenSigner {
 
     /// The token for `claims`.
     pub fn sign(&self, claims: &Claims) -> String {
-        let body = claims.encode().expect("stream ids are 32 hex digits");
+        let body = claims
+            .encode()
+            .expect("stream ids are 32 hex digits, key ids at most 128 bytes");
         let tag = hmac::sign(&self.key, &[LABEL, &body[..]].concat());
-        let mut out = Vec::with_capacity(BODY_LEN + MAC_LEN);
+        let mut out = Vec::with_capacity(body.len() + MAC_LEN);
         out.extend_from_slice(&body);
         out.extend_from_slice(tag.as_ref());
         B64.encode(out)
     }
 
-    /// The claims of a token this server signed. Expiry is the caller's business
-    /// (sessions can be renewed past the signed expiry).
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// The claims of a token this server signed, if it is within its absolute lifetime
+    /// at `now`: at most `max_lifetime_ms` since its creation, with a claimed lifetime of
+    /// at most [`MAX_EXPIRES_MS`]. The session's own expiry (which renewal moves) is the
+    /// caller's business.
+    pub fn verify(
+        &self,
+        token: &str,
+        now: EpochMillis,
+        max_lifetime_ms: i64,
+    ) -> Result<Claims, TokenError> {
         if token.len() > 512 {
             return Err(TokenError::Invalid);
         }
         let raw = B64.decode(token).map_err(|_| TokenError::Invalid)?;
-        if raw.len() != BODY_LEN + MAC_LEN {
+        if raw.len() < BODY_LEN + 1 + MAC_LEN {
             return Err(TokenError::Invalid);
         }
-        let (body, tag) = raw.split_at(BODY_LEN);
+        let (body, tag) = raw.split_at(raw.len() - MAC_LEN);
         hmac::verify(&self.key, &[LABEL, body].concat(), tag).map_err(|_| TokenError::Invalid)?;
-        Claims::decode(body).ok_or(TokenError::Invalid)
+        let c = Claims::decode(body).ok_or(TokenError::Invalid)?;
+        let lifetime = c.expires_ms.saturating_sub(c.created_ms);
+        if !(0..=MAX_EXPIRES_MS).contains(&lifetime)
+            || now.saturating_sub(c.created_ms) > max_lifetime_ms
+        {
+            return Err(TokenError::Expired);
+        }
+        Ok(c)
     }
 }
 
@@ -341,8 +383,12 @@ mod tests {
             max_results: 5000,
             created_ms: 1_700_000_100_000,
             expires_ms: 1_700_000_400_000,
+            key_id: Some("AKIDREADER".into()),
         }
     }
+
+    const NOW: i64 = 1_700_000_200_000;
+    const DAY: i64 = 86_400_000;
 
     #[test]
     fn round_trip_and_url_safe() {
@@ -352,7 +398,44 @@ mod tests {
             t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_eq!(s.verify(&t).unwrap(), claims());
+        assert_eq!(s.verify(&t, NOW, DAY).unwrap(), claims());
+        let anonymous = Claims {
+            key_id: None,
+            ..claims()
+        };
+        assert_eq!(s.verify(&s.sign(&anonymous), NOW, DAY).unwrap(), anonymous);
+    }
+
+    #[test]
+    fn absolute_lifetime_is_enforced_whatever_the_claimed_expiry() {
+        let s = TokenSigner::ephemeral();
+        let twelve_h = 12 * 3_600_000;
+        // A correctly MACed token that claims a far-future expiry (as a bug or a stolen
+        // token key could produce) is refused at once.
+        let far = Claims {
+            expires_ms: claims().created_ms + 10 * 365 * DAY,
+            ..claims()
+        };
+        assert_eq!(
+            s.verify(&s.sign(&far), NOW, twelve_h),
+            Err(TokenError::Expired)
+        );
+        let backwards = Claims {
+            expires_ms: claims().created_ms - 1,
+            ..claims()
+        };
+        assert_eq!(
+            s.verify(&s.sign(&backwards), NOW, twelve_h),
+            Err(TokenError::Expired)
+        );
+        // A valid token: fine until created + the cap, refused after (renewals or not).
+        let t = s.sign(&claims());
+        let created = claims().created_ms;
+        assert!(s.verify(&t, created + twelve_h, twelve_h).is_ok());
+        assert_eq!(
+            s.verify(&t, created + twelve_h + 1, twelve_h),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -363,12 +446,16 @@ mod tests {
         for i in 0..raw.len() {
             let mut r = raw.clone();
             r[i] ^= 0x01;
-            assert_eq!(s.verify(&B64.encode(&r)), Err(TokenError::Invalid), "{i}");
+            assert_eq!(
+                s.verify(&B64.encode(&r), NOW, DAY),
+                Err(TokenError::Invalid),
+                "{i}"
+            );
         }
-        assert!(TokenSigner::ephemeral().verify(&t).is_err());
-        assert!(s.verify("").is_err());
-        assert!(s.verify(&t[..t.len() - 2]).is_err());
-        assert!(s.verify("!!!").is_err());
+        assert!(TokenSigner::ephemeral().verify(&t, NOW, DAY).is_err());
+        assert!(s.verify("", NOW, DAY).is_err());
+        assert!(s.verify(&t[..t.len() - 2], NOW, DAY).is_err());
+        assert!(s.verify("!!!", NOW, DAY).is_err());
     }
 
     #[test]
@@ -378,7 +465,7 @@ mod tests {
         assert!(g.is_some());
         let (b, g2) = TokenSigner::load_or_generate(dir.path()).unwrap();
         assert!(g2.is_none());
-        assert_eq!(b.verify(&a.sign(&claims())).unwrap(), claims());
+        assert_eq!(b.verify(&a.sign(&claims()), NOW, DAY).unwrap(), claims());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

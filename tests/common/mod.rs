@@ -81,6 +81,15 @@ impl TestServer {
         s
     }
 
+    /// Starts a server on a fresh data dir, letting the test adjust settings.
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::start_in(dir, tweak).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a server on `data_dir`, letting the test adjust settings.
     pub async fn start_in(data_dir: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings::default();
@@ -248,6 +257,44 @@ pub async fn raw_http_signed(
         rest.to_owned()
     };
     (status, headers, body)
+}
+
+/// Sends raw request bytes and returns (status, head+body text).
+pub async fn send_raw(addr: std::net::SocketAddr, raw: String, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::time::Duration;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    // A rejected request may be closed before its body is read.
+    let _ = s.write_all(body).await;
+    // Read the whole response (a streamed ack body ends with the last chunk), so the
+    // connection is not closed with data unread.
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&all);
+        let final_head = text
+            .split("\r\n\r\n")
+            .any(|h| h.starts_with("HTTP/1.1 ") && !h.starts_with("HTTP/1.1 100"));
+        let streamed_done = text.ends_with("0\r\n\r\n");
+        let plain_done = final_head && !text.contains("HTTP/1.1 200") && text.contains("}");
+        let media_started = final_head && text.contains("video/webm");
+        if streamed_done || plain_done || media_started {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&all).to_string();
+    let status = text
+        .split("\r\n\r\n")
+        .filter(|h| h.starts_with("HTTP/1.1 ") && !h.starts_with("HTTP/1.1 100"))
+        .find_map(|h| h.split(' ').nth(1).and_then(|x| x.parse().ok()))
+        .unwrap_or(0);
+    (status, text)
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -453,6 +500,29 @@ fn parse_put_response(buf: &[u8]) -> PutResult {
     }
     out.body = text;
     out
+}
+
+/// Uploads `body` to `stream` with a producer start timestamp (seconds), in 64 KiB
+/// chunks, and checks that no ERROR ack came back.
+pub async fn put_media_at(
+    addr: SocketAddr,
+    stream: &str,
+    body: &[u8],
+    start_secs: i64,
+) -> PutResult {
+    let start = start_secs.to_string();
+    let r = put_media(
+        addr,
+        &[
+            ("x-amzn-stream-name", stream),
+            ("x-amzn-producer-start-timestamp", &start),
+        ],
+        body,
+        65536,
+    )
+    .await;
+    assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
+    r
 }
 
 /// Uploads `body` in chunks of `chunk` bytes (optionally paced).

@@ -1,0 +1,221 @@
+//! The ingest memory budget: one byte counter for everything a stream holds in memory —
+//! the upload's parser buffer and open fragment, the live copies of its frames (the
+//! stream's live state and the live hand-off buffer, shared by the readers' snapshots),
+//! complete fragments waiting in the persist queue, the sealed copy being written, and
+//! every GetMedia reader's output queue. Memory is held through [`Reservation`] guards
+//! that give their bytes back when dropped, so no path can forget to release.
+//!
+//! Only producers wait ([`Budget::reserve`]: the upload stops reading its socket while
+//! the budget is exhausted). Everything downstream is [`Budget::charge`]d at once, even
+//! past the limit, because it is already bounded by its own cap (persist queue, live
+//! buffer, reader queue) and is released by progress that never waits on the budget, so
+//! readers and persistence never wait on it; an overshoot only keeps producers waiting
+//! longer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// Bytes in use under the budget (gauge).
+pub const USED_METRIC: &str = "streamvault_memory_budget_used_bytes";
+/// Times an upload had to wait for the budget (counter).
+pub const WAITS_METRIC: &str = "streamvault_memory_budget_waits_total";
+
+#[derive(Debug)]
+struct Inner {
+    limit: usize,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+    freed: Notify,
+}
+
+/// A shared byte budget; cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<Inner>);
+
+impl Budget {
+    pub fn new(limit: usize) -> Self {
+        Self(Arc::new(Inner {
+            limit: limit.max(1),
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }))
+    }
+
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    /// Most bytes ever held at once.
+    pub fn peak(&self) -> usize {
+        self.0.peak.load(Ordering::Acquire)
+    }
+
+    fn add(&self, bytes: usize) {
+        let now = self.0.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.0.peak.fetch_max(now, Ordering::AcqRel);
+        metrics::gauge!(USED_METRIC).increment(bytes as f64);
+    }
+
+    /// Counts `bytes` at once, past the limit if need be (memory that exists already
+    /// or must not wait).
+    pub fn charge(&self, bytes: usize) -> Reservation {
+        self.add(bytes);
+        Reservation {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Takes `bytes` if they fit under the limit now.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let mut cur = self.0.used.load(Ordering::Acquire);
+        loop {
+            if cur.saturating_add(bytes) > self.0.limit && !(cur == 0 && bytes > 0) {
+                return None;
+            }
+            match self.0.used.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.0.peak.fetch_max(cur + bytes, Ordering::AcqRel);
+                    metrics::gauge!(USED_METRIC).increment(bytes as f64);
+                    return Some(Reservation {
+                        budget: self.clone(),
+                        bytes,
+                    });
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Waits until `bytes` fit under the limit, then takes them. `on_wait` runs once,
+    /// before the first wait (a caller can shed memory there).
+    pub async fn reserve(&self, bytes: usize, on_wait: impl FnOnce()) -> Reservation {
+        let mut on_wait = Some(on_wait);
+        loop {
+            let freed = self.0.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(r) = self.try_reserve(bytes) {
+                return r;
+            }
+            if let Some(f) = on_wait.take() {
+                metrics::counter!(WAITS_METRIC).increment(1);
+                f();
+                continue;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Bytes held under a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Budget,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Counts `more` bytes in this reservation (at once, like [`Budget::charge`]).
+    pub fn grow(&mut self, more: usize) {
+        self.budget.add(more);
+        self.bytes += more;
+    }
+
+    /// Moves up to `n` bytes into a new reservation.
+    pub fn split(&mut self, n: usize) -> Reservation {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        Reservation {
+            budget: self.budget.clone(),
+            bytes: n,
+        }
+    }
+
+    /// Takes over `other`'s bytes.
+    pub fn merge(&mut self, mut other: Reservation) {
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+
+    /// Gives back everything above `n` bytes.
+    pub fn shrink_to(&mut self, n: usize) {
+        if self.bytes > n {
+            drop(self.split(self.bytes - n));
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        self.budget.0.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        metrics::gauge!(USED_METRIC).decrement(self.bytes as f64);
+        self.budget.0.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_release_on_drop_split_and_merge() {
+        let b = Budget::new(1000);
+        let mut r = b.try_reserve(600).unwrap();
+        assert!(b.try_reserve(500).is_none());
+        let part = r.split(200);
+        assert_eq!((r.bytes(), part.bytes(), b.used()), (400, 200, 600));
+        drop(part);
+        assert_eq!(b.used(), 400);
+        let c = b.charge(900);
+        assert_eq!(b.used(), 1300, "charges go past the limit");
+        r.merge(c);
+        r.shrink_to(100);
+        assert_eq!(b.used(), 100);
+        r.grow(50);
+        drop(r);
+        assert_eq!((b.used(), b.peak()), (0, 1300));
+        // An empty budget always admits one request, however large.
+        assert!(b.try_reserve(5000).is_some());
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_for_a_release_and_sheds_first() {
+        let b = Budget::new(100);
+        let held = b.charge(100);
+        let b2 = b.clone();
+        let shed = Arc::new(AtomicUsize::new(0));
+        let s2 = shed.clone();
+        let waiter = tokio::spawn(async move {
+            b2.reserve(60, move || {
+                s2.fetch_add(1, Ordering::SeqCst);
+            })
+            .await
+            .bytes()
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), 60);
+        assert_eq!(shed.load(Ordering::SeqCst), 1);
+        assert_eq!(b.used(), 0);
+    }
+}
