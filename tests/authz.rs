@@ -90,12 +90,20 @@ async fn the_reported_attacks_are_refused_and_change_nothing() {
     let before = door_state(&srv).await;
 
     // 1. An array body, read by position into the handler's struct.
-    let (status, _, body) =
-        raw_http_signed(srv.addr, "POST", "/describeStream", r#"["door", null]"#, Some(ISSUE_KEY))
-            .await;
+    let (status, _, body) = raw_http_signed(
+        srv.addr,
+        "POST",
+        "/describeStream",
+        r#"["door", null]"#,
+        Some(ISSUE_KEY),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("SerializationException"), "{body}");
-    assert!(!body.contains(&door_arn), "door's description leaked: {body}");
+    assert!(
+        !body.contains(&door_arn),
+        "door's description leaked: {body}"
+    );
 
     // 2. Authorized by the name, executed on the ARN.
     let both = format!(r#"{{"StreamName":"cam-1","StreamARN":"{door_arn}"}}"#);
@@ -105,8 +113,14 @@ async fn the_reported_attacks_are_refused_and_change_nothing() {
     assert!(body.contains("InvalidArgumentException"), "{body}");
     // The ARN alone: the stream it names is checked.
     let arn_only = format!(r#"{{"StreamARN":"{door_arn}"}}"#);
-    let (status, _, body) =
-        raw_http_signed(srv.addr, "POST", "/deleteStream", &arn_only, Some(ISSUE_KEY)).await;
+    let (status, _, body) = raw_http_signed(
+        srv.addr,
+        "POST",
+        "/deleteStream",
+        &arn_only,
+        Some(ISSUE_KEY),
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("NotAuthorizedException"), "{body}");
     assert_eq!(door_state(&srv).await, before, "door changed");
@@ -147,7 +161,10 @@ async fn no_body_shape_reaches_a_stream_the_key_may_not_touch() {
     // the stream (so only the stream decides).
     let ops: &[(&str, &str)] = &[
         ("/describeStream", ""),
-        ("/updateStream", r#","CurrentVersion":"x","DeviceName":"pwned""#),
+        (
+            "/updateStream",
+            r#","CurrentVersion":"x","DeviceName":"pwned""#,
+        ),
         ("/deleteStream", ""),
         (
             "/updateDataRetention",
@@ -157,12 +174,18 @@ async fn no_body_shape_reaches_a_stream_the_key_may_not_touch() {
         ("/untagStream", r#","TagKeyList":["owner"]"#),
         ("/listTagsForStream", ""),
         ("/getDataEndpoint", r#","APIName":"GET_MEDIA""#),
-        ("/getMedia", r#","StartSelector":{"StartSelectorType":"EARLIEST"}"#),
+        (
+            "/getMedia",
+            r#","StartSelector":{"StartSelectorType":"EARLIEST"}"#,
+        ),
         (
             "/listFragments",
             r#","FragmentSelector":{"FragmentSelectorType":"SERVER_TIMESTAMP","TimestampRange":{"StartTimestamp":0,"EndTimestamp":4000000000}}"#,
         ),
-        ("/getMediaForFragmentList", r#","Fragments":["91343852333181432392682062607743920146264772040"]"#),
+        (
+            "/getMediaForFragmentList",
+            r#","Fragments":["91343852333181432392682062607743920146264772040"]"#,
+        ),
         ("/getHLSStreamingSessionURL", r#","PlaybackMode":"LIVE""#),
         ("/getDASHStreamingSessionURL", r#","PlaybackMode":"LIVE""#),
         (
@@ -195,7 +218,10 @@ async fn no_body_shape_reaches_a_stream_the_key_may_not_touch() {
                 refused(status),
                 "{path} with {body} answered {status}: {text}"
             );
-            assert!(!text.contains(&door_arn) || text.contains("Exception"), "{text}");
+            assert!(
+                !text.contains(&door_arn) || text.contains("Exception"),
+                "{text}"
+            );
             tried += 1;
         }
     }
@@ -260,7 +286,10 @@ async fn list_streams_pages_only_through_visible_streams() {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let page = v["StreamInfoList"].as_array().unwrap();
         assert!(page.len() <= 2);
-        seen.extend(page.iter().map(|s| s["StreamName"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page.iter()
+                .map(|s| s["StreamName"].as_str().unwrap().to_owned()),
+        );
         token = v["NextToken"].as_str().map(str::to_owned);
         if token.is_none() {
             break;
@@ -314,7 +343,11 @@ async fn presigned_urls_bind_their_stream_timecodes_and_api() {
         let (status, text) = send_raw(srv.addr, head(extra), &media).await;
         assert!(refused(status), "{extra:?} answered {status}: {text}");
     }
-    assert_eq!(fragment_count(&srv, "door2").await, 0, "door2 got fragments");
+    assert_eq!(
+        fragment_count(&srv, "door2").await,
+        0,
+        "door2 got fragments"
+    );
 
     // A presigned URL is for PutMedia only: a JSON API signs its body.
     let q = vec![("x-amzn-stream-name".to_string(), "cam-1".to_string())];
@@ -392,7 +425,11 @@ async fn unsigned_parts_of_a_signed_request_cannot_choose_the_stream() {
         SystemTime::now(),
     );
     let mut head = format!("POST /describeStream HTTP/1.1\r\nHost: {host}\r\n");
-    for (k, v) in hdrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(sig) {
+    for (k, v) in hdrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(sig)
+    {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");

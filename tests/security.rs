@@ -97,7 +97,8 @@ async fn kvs_c_producer_signature_is_accepted_and_any_change_rejected() {
     let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
     chunked.extend_from_slice(&body);
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
-    let (status, text) = send_raw(srv.addr, c_producer_head(srv.addr, "cprod", None), &chunked).await;
+    let (status, text) =
+        send_raw(srv.addr, c_producer_head(srv.addr, "cprod", None), &chunked).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(text.matches("\"PERSISTED\"").count(), 7, "{text}");
     // The acks arrive; the fragments are stored.

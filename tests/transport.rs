@@ -68,9 +68,11 @@ async fn slow_and_unsigned_clients_cannot_hold_the_server() {
     let mut tasks = Vec::new();
     for i in 0..HALF_HEADERS {
         let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(format!("POST /describeStream HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: 1\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("POST /describeStream HTTP/1.1\r\nHost: x\r\nX-Slow-{i}: 1\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         tasks.push(tokio::spawn(until_closed(s, closed.clone())));
     }
     let body = bytes::Bytes::from(vec![b'{'; BODY - 1]);
@@ -149,7 +151,9 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
     let mut idle = Vec::new();
     for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(b"POST /listStreams HTTP/1.1\r\n").await.unwrap();
+        s.write_all(b"POST /listStreams HTTP/1.1\r\n")
+            .await
+            .unwrap();
         idle.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::json::KvsJson;
-use crate::auth::Access;
 use super::media::own_fragment_seq;
+use crate::auth::Access;
 use crate::clock::{EpochSecs, epoch_ms_from_json_secs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentTimes, RangePage, StreamRecord, TimestampKind};

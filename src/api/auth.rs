@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::auth::access::Method;
-use crate::auth::{Access, Principal};
 use crate::auth::sigv4::{self, Presented, RequestParts, SigError};
+use crate::auth::{Access, Principal};
 use crate::error::{Error, ErrorKind};
 
 /// Paths that are not SigV4-authenticated.
@@ -150,7 +150,9 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
         )));
     }
     if !presented.amz_date.starts_with(&presented.scope_date) {
-        return Err(invalid_sig("credential scope date does not match X-Amz-Date"));
+        return Err(invalid_sig(
+            "credential scope date does not match X-Amz-Date",
+        ));
     }
     let signed_at = sigv4::parse_amz_date(&presented.amz_date).ok_or_else(|| {
         sig_error(SigError::Malformed(

@@ -89,14 +89,17 @@ async fn create_stream(
         .ok_or_else(|| Error::invalid("StreamName is required"))?;
     let s = state
         .catalog
-        .create(&access, CreateStream {
-            name,
-            device_name: i.device_name,
-            media_type: i.media_type,
-            kms_key_id: i.kms_key_id,
-            retention_hours: i.data_retention_in_hours,
-            tags: i.tags,
-        })
+        .create(
+            &access,
+            CreateStream {
+                name,
+                device_name: i.device_name,
+                media_type: i.media_type,
+                kms_key_id: i.kms_key_id,
+                retention_hours: i.data_retention_in_hours,
+                tags: i.tags,
+            },
+        )
         .await?;
     tracing::info!(stream = %s.name, retention_hours = s.retention_hours, "stream created");
     Ok(Json(json!({ "StreamARN": state.catalog.arn(&s) })))

@@ -25,8 +25,8 @@ use super::AppState;
 use super::archived::require_retention;
 use super::clip::{FragmentSelector, check_range, selector_kind, ts_member};
 use super::json::KvsJson;
-use crate::auth::Access;
 use super::media::own_fragment_seq;
+use crate::auth::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
 use crate::media::demux::FragmentLoader;
@@ -198,7 +198,12 @@ async fn new_session(state: &AppState, access: &Access, i: Common<'_>) -> Result
     }
     let stream = state
         .catalog
-        .resolve(access, i.stream_name, i.stream_arn, ErrorKind::InvalidArgument)
+        .resolve(
+            access,
+            i.stream_name,
+            i.stream_arn,
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     require_retention(&stream)?;
     let probe = match mode {

@@ -37,12 +37,13 @@ struct Params<'a> {
 
 impl Params<'_> {
     fn get(&self, name: &str) -> Result<Option<String>> {
-        let header = match self.headers.get(name) {
-            Some(v) => Some(v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
-                Error::invalid(format!("header is not valid text: header={name}"))
-            })?),
-            None => None,
-        };
+        let header =
+            match self.headers.get(name) {
+                Some(v) => Some(v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
+                    Error::invalid(format!("header is not valid text: header={name}"))
+                })?),
+                None => None,
+            };
         let query = self
             .query
             .iter()
@@ -52,7 +53,9 @@ impl Params<'_> {
         match (header, query) {
             (Some(h), q) if bound && q.as_deref() != Some(h.as_str()) => Err(Error::new(
                 ErrorKind::NotAuthorized,
-                format!("header {name} is not what the presigned URL signed; the URL's query binds it"),
+                format!(
+                    "header {name} is not what the presigned URL signed; the URL's query binds it"
+                ),
             )),
             (Some(h), Some(q)) if h != q => Err(Error::invalid(format!(
                 "header and query parameter disagree: name={name}"
@@ -113,7 +116,12 @@ async fn put_media(
     let arn = p.get("x-amzn-stream-arn")?;
     let stream = state
         .catalog
-        .resolve(&access, name.as_deref(), arn.as_deref(), ErrorKind::InvalidArgument)
+        .resolve(
+            &access,
+            name.as_deref(),
+            arn.as_deref(),
+            ErrorKind::InvalidArgument,
+        )
         .await?;
     let user_agent = p.get("user-agent")?.unwrap_or_default();
     let kvs_sdk = user_agent.starts_with("AWS-SDK-KVS");

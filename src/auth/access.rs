@@ -111,7 +111,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Access {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
         // Fail closed: every authenticated route has one; a missing one is a wiring bug.
         parts.extensions.get::<Access>().cloned().ok_or_else(|| {
-            Error::internal("no access decision was made for this request (route not authenticated)")
+            Error::internal(
+                "no access decision was made for this request (route not authenticated)",
+            )
         })
     }
 }
@@ -122,7 +124,10 @@ mod tests {
 
     fn limited(op: &str) -> Access {
         let policy = Arc::new(Policy {
-            actions: vec!["kinesisvideo:GetMedia".into(), "kinesisvideo:ListStreams".into()],
+            actions: vec![
+                "kinesisvideo:GetMedia".into(),
+                "kinesisvideo:ListStreams".into(),
+            ],
             streams: vec!["cam-*".into()],
         });
         let who = Principal {
@@ -145,6 +150,10 @@ mod tests {
         assert!(d.check_stream("cam-1").is_err(), "stream ok, action not");
         assert!(limited("ListStreams").may_see("cam-2"));
         assert!(!limited("ListStreams").may_see("door"));
-        assert!(Access::unrestricted("DeleteStream").check_stream("door").is_ok());
+        assert!(
+            Access::unrestricted("DeleteStream")
+                .check_stream("door")
+                .is_ok()
+        );
     }
 }

@@ -8,17 +8,26 @@
 //! fragment's first keyframe cannot be decoded and are never chosen.
 //!
 //! **How far to decode.** Frames are grouped into GOPs (a keyframe and the frames up to
-//! the next one, in stored = decode order). Each GOP that holds a chosen frame is decoded
-//! from its keyframe up to that frame and no further, with one decoder for the whole
-//! fragment: consecutive instants of one GOP share the decoding, so each frame is decoded
-//! at most once, and an instant that shows the keyframe itself decodes only the keyframe.
-//! Decoders output pictures in display order; the n-th picture of a GOP is the frame with
-//! the n-th smallest presentation time, which keeps this right with B-frames too.
+//! the next one, in stored = decode order). Each GOP that holds a chosen frame is fed to
+//! the decoder in decode order from its keyframe until every chosen frame of the GOP has
+//! come out, then the decoder is drained (its reorder delay) and what it still holds is
+//! dropped. One decoder serves the whole fragment: consecutive instants of one GOP share
+//! the decoding, so each frame is decoded at most once, and an instant that shows the
+//! keyframe itself decodes only the keyframe (with OpenH264; libavcodec may need its
+//! reorder delay more). With B-frames a chosen frame's references come before it in
+//! decode order, so they are decoded first.
+//!
+//! **Which picture is which.** Each frame goes to the decoder tagged with its index in
+//! the fragment, and every picture comes back with the index of its frame
+//! ([`decode::Sink`]), whatever order the decoder outputs them in. Only the chosen
+//! pictures are converted to RGB and encoded, as they come out; nothing else is kept.
 //!
 //! **Errors.** A decoder error inside a GOP makes every not-yet-produced instant of that
 //! GOP a media error (concealed pictures are never returned); later GOPs are unaffected.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -66,13 +75,13 @@ pub fn render_fragment(
     let chosen = choose_frames(frames, instants);
     let mut by_frame: HashMap<usize, Result<Bytes, String>> = HashMap::new();
     // GOP start (index of its keyframe) → chosen frame indices in it.
-    let mut gops: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut gops: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     for &i in chosen.iter().flatten() {
         let start = (0..=i)
             .rev()
             .find(|&k| frames[k].keyframe)
             .expect("chosen frames follow a keyframe");
-        gops.entry(start).or_default().push(i);
+        gops.entry(start).or_default().insert(i);
     }
     if !gops.is_empty() {
         match pool.take(codec_id, codec_private) {
@@ -84,8 +93,8 @@ pub fn render_fragment(
                         .unwrap_or(frames.len());
                     let ok = render_gop(
                         dec.as_mut(),
-                        &frames[*start..end],
-                        *start,
+                        frames,
+                        *start..end,
                         wanted,
                         spec,
                         &mut by_frame,
@@ -115,60 +124,50 @@ pub fn render_fragment(
         .collect()
 }
 
-/// Decodes one GOP (`gop[0]` is its keyframe, at index `base` of the fragment) far enough
-/// for the `wanted` frames. Returns whether the decoder finished cleanly (reusable).
+/// Decodes the GOP `frames[gop]` (its first frame is the keyframe) far enough for the
+/// `wanted` frames (fragment indices). Returns whether the decoder finished cleanly
+/// (reusable).
 fn render_gop(
     dec: &mut dyn decode::VideoDecoder,
-    gop: &[VideoFrame],
-    base: usize,
-    wanted: &[usize],
+    frames: &[VideoFrame],
+    gop: Range<usize>,
+    wanted: &BTreeSet<usize>,
     spec: &OutputSpec,
     out: &mut HashMap<usize, Result<Bytes, String>>,
 ) -> bool {
-    // Display rank of each wanted frame within the GOP.
-    let mut order: Vec<(i64, usize)> = gop.iter().enumerate().map(|(i, f)| (f.ms, i)).collect();
-    order.sort_unstable();
-    let mut by_rank: BTreeMap<usize, usize> = BTreeMap::new();
-    for &w in wanted {
-        let local = w - base;
-        let rank = order
-            .iter()
-            .position(|&(_, i)| i == local)
-            .expect("frame in GOP");
-        by_rank.insert(rank, w);
-    }
-    let last_rank = *by_rank.keys().next_back().expect("something wanted");
-    let produced = std::cell::Cell::new(0usize);
-    let mut sink = |p: &dyn Picture| {
-        if let Some(&w) = by_rank.get(&produced.get()) {
+    let left = Cell::new(wanted.len());
+    let mut sink = |id: u64, p: &dyn Picture| {
+        let Ok(i) = usize::try_from(id) else { return };
+        if wanted.contains(&i) && !out.contains_key(&i) {
             let r = p
                 .to_rgb()
                 .map_err(|e| e.to_string())
                 .and_then(|rgb| convert::encode(rgb, spec));
-            out.insert(w, r);
+            out.insert(i, r);
+            left.set(left.get() - 1);
         }
-        produced.set(produced.get() + 1);
     };
     let mut error: Option<DecodeError> = None;
-    for f in gop {
-        if let Err(e) = dec.decode(&f.data, &mut sink) {
+    for i in gop {
+        if let Err(e) = dec.decode(&frames[i].data, i as u64, frames[i].ms, &mut sink) {
             error = Some(e);
             break;
         }
-        if produced.get() > last_rank {
+        if left.get() == 0 {
             break;
         }
     }
-    if error.is_none() && produced.get() <= last_rank {
-        if let Err(e) = dec.flush(&mut sink) {
-            error = Some(e);
-        }
+    if error.is_none()
+        && left.get() > 0
+        && let Err(e) = dec.flush(&mut sink)
+    {
+        error = Some(e);
     }
     // Leave the decoder empty for the next GOP; what it still holds is not wanted.
-    let flushed = dec.flush(&mut |_: &dyn Picture| {}).is_ok();
+    let flushed = dec.flush(&mut |_, _| {}).is_ok();
     if let Some(e) = &error {
         // Pictures output before the failing frame came from intact frames and stay.
-        for w in by_rank.values() {
+        for w in wanted {
             out.entry(*w).or_insert_with(|| Err(e.to_string()));
         }
     }

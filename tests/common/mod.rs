@@ -261,8 +261,8 @@ pub async fn raw_http_signed(
 
 /// Sends raw request bytes and returns (status, head+body text).
 pub async fn send_raw(addr: std::net::SocketAddr, raw: String, body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(raw.as_bytes()).await.unwrap();
     // A rejected request may be closed before its body is read.
