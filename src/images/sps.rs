@@ -410,6 +410,40 @@ mod tests {
         assert!(nal_units(&[0, 0, 0, 9, 1], 4).is_empty());
     }
 
+    /// A High-family SPS (`profile`, chroma format, bit depth) for 80×45 macroblocks.
+    fn h264_high_sps(profile: u64, chroma: u64, depth: u64) -> Vec<u8> {
+        let mut w = W::default();
+        w.u(profile, 8).u(0, 8).u(40, 8).ue(0).ue(chroma);
+        if chroma == 3 {
+            w.u(0, 1);
+        }
+        w.ue(depth - 8).ue(depth - 8).u(0, 1).u(0, 1); // no scaling matrices
+        w.ue(0).ue(0).ue(2).ue(1).u(0, 1).ue(79).ue(44).u(1, 1);
+        let mut nal = vec![0x67];
+        nal.extend(w.bytes());
+        nal
+    }
+
+    #[test]
+    fn openh264_formats() {
+        let ok = h264_high_sps(100, 1, 8);
+        assert_eq!(h264_sps_size(&ok), Some((1280, 720)));
+        assert_eq!(openh264_refusal([&ok[..], &h264_sps(80, 45)[..]]), None);
+        let hi444 = h264_high_sps(244, 3, 10);
+        assert_eq!(h264_sps_size(&hi444), Some((1280, 720)));
+        let why = openh264_refusal([&hi444[..]]).unwrap();
+        assert!(
+            why.contains("profile=High 4:4:4 Predictive (244) chroma=4:4:4 bit_depth=10-bit"),
+            "{why}"
+        );
+        let why = openh264_refusal([&h264_high_sps(122, 2, 8)[..]]).unwrap();
+        assert!(why.contains("High 4:2:2 (122) chroma=4:2:2 bit_depth=8-bit"), "{why}");
+        // High 10 is refused by profile even for 8-bit content (OpenH264 checks it).
+        assert!(openh264_refusal([&h264_high_sps(110, 1, 8)[..]]).is_some());
+        // Non-SPS NAL units and unreadable SPS are left alone.
+        assert_eq!(openh264_refusal([&[0x65u8, 1, 2][..], &[0x67u8][..]]), None);
+    }
+
     #[test]
     fn h265_sizes_and_the_cap() {
         let sps = |width: u64, height: u64, sub_layers: u64| {
