@@ -9,13 +9,12 @@
 //!
 //! **How far to decode.** Frames are grouped into GOPs (a keyframe and the frames up to
 //! the next one, in stored = decode order). Each GOP that holds a chosen frame is fed to
-//! the decoder in decode order from its keyframe until every chosen frame of the GOP has
-//! come out, then the decoder is drained (its reorder delay) and what it still holds is
-//! dropped. One decoder serves the whole fragment: consecutive instants of one GOP share
-//! the decoding, so each frame is decoded at most once, and an instant that shows the
-//! keyframe itself decodes only the keyframe (with OpenH264; libavcodec may need its
-//! reorder delay more). With B-frames a chosen frame's references come before it in
-//! decode order, so they are decoded first.
+//! the decoder in decode order from its keyframe up to its last chosen frame (with
+//! B-frames the frames a chosen frame references come before it in decode order), then
+//! the decoder is drained of its reorder delay: the chosen pictures it still holds come
+//! out, the rest is dropped. One decoder serves the whole fragment: consecutive instants
+//! of one GOP share the decoding, so each frame is decoded at most once, and an instant
+//! that shows the keyframe itself decodes only the keyframe.
 //!
 //! **Which picture is which.** Each frame goes to the decoder tagged with its index in
 //! the fragment, and every picture comes back with the index of its frame
@@ -27,7 +26,6 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Range;
 
 use bytes::Bytes;
 
@@ -88,17 +86,7 @@ pub fn render_fragment(
             Ok(mut dec) => {
                 let mut healthy = true;
                 for (start, wanted) in &gops {
-                    let end = (start + 1..frames.len())
-                        .find(|&k| frames[k].keyframe)
-                        .unwrap_or(frames.len());
-                    let ok = render_gop(
-                        dec.as_mut(),
-                        frames,
-                        *start..end,
-                        wanted,
-                        spec,
-                        &mut by_frame,
-                    );
+                    let ok = render_gop(dec.as_mut(), frames, *start, wanted, spec, &mut by_frame);
                     healthy &= ok;
                 }
                 if healthy {
@@ -124,13 +112,13 @@ pub fn render_fragment(
         .collect()
 }
 
-/// Decodes the GOP `frames[gop]` (its first frame is the keyframe) far enough for the
-/// `wanted` frames (fragment indices). Returns whether the decoder finished cleanly
+/// Decodes the GOP whose keyframe is `frames[start]` far enough for the `wanted` frames
+/// (fragment indices, all in that GOP). Returns whether the decoder finished cleanly
 /// (reusable).
 fn render_gop(
     dec: &mut dyn decode::VideoDecoder,
     frames: &[VideoFrame],
-    gop: Range<usize>,
+    start: usize,
     wanted: &BTreeSet<usize>,
     spec: &OutputSpec,
     out: &mut HashMap<usize, Result<Bytes, String>>,
@@ -148,7 +136,10 @@ fn render_gop(
         }
     };
     let mut error: Option<DecodeError> = None;
-    for i in gop {
+    // Every frame a chosen frame references comes before it in decode order: feeding stops
+    // at the last chosen frame, and the flush below brings out what is still held.
+    let last = wanted.last().copied().unwrap_or(start);
+    for i in start..=last {
         if let Err(e) = dec.decode(&frames[i].data, i as u64, frames[i].ms, &mut sink) {
             error = Some(e);
             break;
@@ -203,5 +194,90 @@ mod tests {
         // B-frames: stored order differs from display order.
         let frames = [f(0, true), f(100, false), f(33, false), f(67, false)];
         assert_eq!(choose_frames(&frames, &[50, 99]), vec![Some(2), Some(3)]);
+    }
+
+    /// Outputs pictures in presentation order after holding `delay` of them, as a
+    /// decoder with a reorder buffer does; each picture is one grey pixel of its id.
+    struct Reordering {
+        delay: usize,
+        held: Vec<(i64, u64)>,
+        fed: Vec<u64>,
+    }
+
+    struct Grey(u8);
+
+    impl Picture for Grey {
+        fn to_rgb(&self) -> Result<super::super::convert::Rgb, DecodeError> {
+            Ok(super::super::convert::Rgb {
+                width: 1,
+                height: 1,
+                data: vec![self.0; 3],
+            })
+        }
+    }
+
+    impl decode::VideoDecoder for Reordering {
+        fn decode(
+            &mut self,
+            _: &[u8],
+            id: u64,
+            pts: i64,
+            sink: &mut decode::Sink<'_>,
+        ) -> Result<(), DecodeError> {
+            self.fed.push(id);
+            self.held.push((pts, id));
+            self.held.sort_unstable();
+            if self.held.len() > self.delay {
+                let (_, id) = self.held.remove(0);
+                sink(id, &Grey(id as u8));
+            }
+            Ok(())
+        }
+
+        fn flush(&mut self, sink: &mut decode::Sink<'_>) -> Result<(), DecodeError> {
+            for (_, id) in std::mem::take(&mut self.held) {
+                sink(id, &Grey(id as u8));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn b_frames_are_picked_by_presentation_time_and_fed_no_further_than_needed() {
+        // Decode order I0 P3 B1 B2 P6 B4 B5 (ms = 100 × display position).
+        let frames: Vec<VideoFrame> = [(0, true), (300, false), (100, false), (200, false)]
+            .into_iter()
+            .chain([(600, false), (400, false), (500, false)])
+            .map(|(ms, key)| f(ms, key))
+            .collect();
+        let spec = OutputSpec::default();
+        let grey = |id: u8| convert::encode(Grey(id).to_rgb().unwrap(), &spec).unwrap();
+        // 250 ms shows B2 (index 3); 450 ms shows B4 (index 5).
+        let chosen = choose_frames(&frames, &[250, 450]);
+        assert_eq!(chosen, vec![Some(3), Some(5)]);
+        let mut dec = Reordering {
+            delay: 2,
+            held: Vec::new(),
+            fed: Vec::new(),
+        };
+        let mut out = HashMap::new();
+        let wanted: BTreeSet<usize> = [3, 5].into();
+        assert!(render_gop(&mut dec, &frames, 0, &wanted, &spec, &mut out));
+        assert_eq!(out[&3], Ok(grey(3)));
+        assert_eq!(out[&5], Ok(grey(5)));
+        // B5 (index 6) follows the last chosen frame in decode order: never fed.
+        assert_eq!(dec.fed, vec![0, 1, 2, 3, 4, 5]);
+        // A keyframe alone is fed alone and comes out of the drain.
+        dec.fed.clear();
+        let mut out = HashMap::new();
+        assert!(render_gop(
+            &mut dec,
+            &frames,
+            0,
+            &[0].into(),
+            &spec,
+            &mut out
+        ));
+        assert_eq!((dec.fed.as_slice(), &out[&0]), (&[0u64][..], &Ok(grey(0))));
     }
 }

@@ -437,7 +437,10 @@ mod tests {
             "{why}"
         );
         let why = openh264_refusal([&h264_high_sps(122, 2, 8)[..]]).unwrap();
-        assert!(why.contains("High 4:2:2 (122) chroma=4:2:2 bit_depth=8-bit"), "{why}");
+        assert!(
+            why.contains("High 4:2:2 (122) chroma=4:2:2 bit_depth=8-bit"),
+            "{why}"
+        );
         // High 10 is refused by profile even for 8-bit content (OpenH264 checks it).
         assert!(openh264_refusal([&h264_high_sps(110, 1, 8)[..]]).is_some());
         // Non-SPS NAL units and unreadable SPS are left alone.
