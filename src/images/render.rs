@@ -139,8 +139,8 @@ fn render_gop(
     // Every frame a chosen frame references comes before it in decode order: feeding stops
     // at the last chosen frame, and the flush below brings out what is still held.
     let last = wanted.last().copied().unwrap_or(start);
-    for i in start..=last {
-        if let Err(e) = dec.decode(&frames[i].data, i as u64, frames[i].ms, &mut sink) {
+    for (i, f) in frames.iter().enumerate().take(last + 1).skip(start) {
+        if let Err(e) = dec.decode(&f.data, i as u64, f.ms, &mut sink) {
             error = Some(e);
             break;
         }
