@@ -1,10 +1,15 @@
 //! Video decoders behind one small trait: H.264 through OpenH264 (always built) and H.265
-//! through FFmpeg's libavcodec (cargo feature `hevc`). Frames arrive as stored in
-//! Matroska (length-prefixed NAL units, AVCC/HVCC), with the track's CodecPrivate
-//! (`avcC` / `hvcC` record) given when the decoder is made.
+//! through FFmpeg's libavcodec (cargo feature `hevc`, [`super::libav`]), which with that
+//! feature also takes the H.264 streams OpenH264 cannot decode (4:2:2, 4:4:4, more than 8
+//! bits; see [`sps::H264Format`]). Without it those are refused with the reason. Frames
+//! arrive as stored in Matroska (length-prefixed NAL units, AVCC/HVCC), in decode order,
+//! with the track's CodecPrivate (`avcC` / `hvcC` record) given when the decoder is made.
 //!
-//! A decoder hands each picture it outputs to a callback as a [`Picture`]; converting to
-//! RGB costs time, so it happens only for the pictures the caller asks for.
+//! The caller tags each frame with an id and its presentation time; a decoder hands each
+//! picture it outputs (in display order, after its reorder delay) to a callback as a
+//! [`Picture`] with the id of the frame it was decoded from, so the caller picks pictures
+//! by the frames' presentation times. Converting to RGB costs time, so it happens only
+//! for the pictures the caller asks for.
 
 use std::sync::Mutex;
 
@@ -32,13 +37,20 @@ pub trait Picture {
     fn to_rgb(&self) -> Result<Rgb, DecodeError>;
 }
 
-/// Receives each picture a decoder outputs, in display order.
-pub type Sink<'a> = dyn FnMut(&dyn Picture) + 'a;
+/// Receives each picture a decoder outputs, with the id of the frame it came from.
+pub type Sink<'a> = dyn FnMut(u64, &dyn Picture) + 'a;
 
 /// A video decoder for one codec configuration.
 pub trait VideoDecoder: Send {
-    /// Decodes one stored frame.
-    fn decode(&mut self, frame: &[u8], sink: &mut Sink<'_>) -> Result<(), DecodeError>;
+    /// Decodes one stored frame (the next in decode order), tagged `id`, whose
+    /// presentation time is `pts`.
+    fn decode(
+        &mut self,
+        frame: &[u8],
+        id: u64,
+        pts: i64,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), DecodeError>;
     /// Outputs every picture still held for reordering. The decoder can be fed a new
     /// keyframe afterwards.
     fn flush(&mut self, sink: &mut Sink<'_>) -> Result<(), DecodeError>;
@@ -55,9 +67,20 @@ pub fn new_decoder(
     codec_private: &[u8],
 ) -> Result<Box<dyn VideoDecoder>, DecodeError> {
     match codec_id {
-        CODEC_H264 => Ok(Box::new(H264::new(codec_private)?)),
+        CODEC_H264 => match H264::new(codec_private) {
+            #[cfg(feature = "hevc")]
+            Err(H264Error::Refused(_)) => Ok(Box::new(super::libav::Libav::new(
+                Codec::H264,
+                codec_private,
+            )?)),
+            Err(H264Error::Refused(why)) | Err(H264Error::Other(why)) => Err(why),
+            Ok(d) => Ok(Box::new(d)),
+        },
         #[cfg(feature = "hevc")]
-        CODEC_H265 => Ok(Box::new(hevc::Hevc::new(codec_private)?)),
+        CODEC_H265 => Ok(Box::new(super::libav::Libav::new(
+            Codec::H265,
+            codec_private,
+        )?)),
         #[cfg(not(feature = "hevc"))]
         CODEC_H265 => Err(DecodeError(
             "H.265 decoding is not built in (cargo feature `hevc`)".into(),
@@ -188,18 +211,52 @@ pub fn length_prefixed_to_annexb(
 }
 
 /// H.264 through OpenH264.
+///
+/// OpenH264 reorders to display order itself (no flush after each frame: that would push
+/// a picture out ahead of the B-frames shown before it). It does not hand back a tag, so
+/// each output picture is matched to the frame with the smallest presentation time among
+/// those fed and not yet output; a frame fed after a later-shown picture already came out
+/// would break that and is a decoding error instead of a wrong picture.
+///
+/// After a flush that emptied pictures out of its reorder buffer the OpenH264 instance is
+/// replaced: single-threaded OpenH264 (2.x) does not release the picture buffers such a
+/// flush hands out, and a reused instance runs out of them a few frames later
+/// (`dsOutOfMemory`, "PrefetchPic ERROR").
 pub struct H264 {
     decoder: openh264::decoder::Decoder,
     config: AvcConfig,
     buf: Vec<u8>,
+    /// The next frame starts a GOP (new decoder, or flushed): the parameter sets go first.
+    at_gop_start: bool,
+    /// (pts, id) of the frames fed and not yet output.
+    pending: Vec<(i64, u64)>,
+    /// Presentation time of the last picture output since the last flush.
+    last_out: Option<i64>,
+}
+
+/// Why an OpenH264 decoder was not made.
+#[derive(Debug)]
+pub enum H264Error {
+    /// The SPS declares a profile or format OpenH264 cannot decode.
+    Refused(DecodeError),
+    Other(DecodeError),
 }
 
 // SAFETY: the OpenH264 decoder instance is plain heap state owned by this value; it is
 // used by one thread at a time (`&mut self`), never shared.
 unsafe impl Send for H264 {}
 
+fn openh264_decoder() -> Result<openh264::decoder::Decoder, DecodeError> {
+    use openh264::decoder::{Decoder, DecoderConfig, Flush};
+    Decoder::with_api_config(
+        openh264::OpenH264API::from_source(),
+        DecoderConfig::new().flush_after_decode(Flush::NoFlush),
+    )
+    .map_err(|e| DecodeError(format!("openh264 init: {e}")))
+}
+
 impl H264 {
-    pub fn new(codec_private: &[u8]) -> Result<Self, DecodeError> {
+    pub fn new(codec_private: &[u8]) -> Result<Self, H264Error> {
         let config = if codec_private.is_empty() {
             // Annex-B producers carry SPS/PPS in band.
             AvcConfig {
@@ -207,16 +264,31 @@ impl H264 {
                 annexb_params: Vec::new(),
             }
         } else {
-            parse_avcc(codec_private)?
+            parse_avcc(codec_private).map_err(H264Error::Other)?
         };
-        let decoder = openh264::decoder::Decoder::new()
-            .map_err(|e| DecodeError(format!("openh264 init: {e}")))?;
+        if let Some(why) = sps::openh264_refusal(sps::nal_units(&config.annexb_params, 0)) {
+            return Err(H264Error::Refused(DecodeError(why)));
+        }
         Ok(Self {
-            decoder,
+            decoder: openh264_decoder().map_err(H264Error::Other)?,
             config,
             buf: Vec::new(),
+            at_gop_start: true,
+            pending: Vec::new(),
+            last_out: None,
         })
     }
+}
+
+/// The id of the picture OpenH264 just output: the pending frame shown first (see
+/// [`H264`]).
+fn next_out(pending: &mut Vec<(i64, u64)>, last_out: &mut Option<i64>) -> Result<u64, DecodeError> {
+    let i = (0..pending.len())
+        .min_by_key(|&i| pending[i])
+        .ok_or_else(|| DecodeError("openh264 output more pictures than frames".into()))?;
+    let (pts, id) = pending.swap_remove(i);
+    *last_out = Some(pts);
+    Ok(id)
 }
 
 struct YuvPicture<'a>(&'a openh264::decoder::DecodedYUV<'a>);
@@ -236,21 +308,41 @@ impl Picture for YuvPicture<'_> {
 }
 
 impl VideoDecoder for H264 {
-    fn decode(&mut self, frame: &[u8], sink: &mut Sink<'_>) -> Result<(), DecodeError> {
+    fn decode(
+        &mut self,
+        frame: &[u8],
+        id: u64,
+        pts: i64,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), DecodeError> {
+        if self.last_out.is_some_and(|last| pts < last) {
+            return Err(DecodeError(format!(
+                "openh264 output a later picture before this frame's (pts {pts})"
+            )));
+        }
         self.buf.clear();
-        // Parameter sets go in front of every access unit: they are tiny, and a decoder
-        // reused from another fragment (or a keyframe-only decode) then always has them.
-        self.buf.extend_from_slice(&self.config.annexb_params);
+        // Parameter sets go in front of each GOP's keyframe: a decoder reused from
+        // another fragment then always has them.
+        if std::mem::take(&mut self.at_gop_start) {
+            self.buf.extend_from_slice(&self.config.annexb_params);
+        }
         if self.config.nal_length_size == 0 || is_annexb(frame) {
             self.buf.extend_from_slice(frame);
         } else {
             length_prefixed_to_annexb(frame, self.config.nal_length_size, &mut self.buf)?;
         }
-        // The decoded-size cap, before OpenH264 sizes its buffers from the SPS.
-        sps::check_nals(Codec::H264, sps::nal_units(&self.buf, 0))?;
+        // The decoded-size cap, before OpenH264 sizes its buffers from the SPS, and the
+        // format check for in-band SPS (Annex-B producers).
+        let nals = sps::nal_units(&self.buf, 0);
+        sps::check_nals(Codec::H264, nals.iter().copied())?;
+        if let Some(why) = sps::openh264_refusal(nals) {
+            return Err(DecodeError(why));
+        }
+        self.pending.push((pts, id));
         match self.decoder.decode(&self.buf) {
             Ok(Some(yuv)) => {
-                sink(&YuvPicture(&yuv));
+                let id = next_out(&mut self.pending, &mut self.last_out)?;
+                sink(id, &YuvPicture(&yuv));
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -259,147 +351,28 @@ impl VideoDecoder for H264 {
     }
 
     fn flush(&mut self, sink: &mut Sink<'_>) -> Result<(), DecodeError> {
+        self.at_gop_start = true;
+        self.last_out = None;
         let rest = self
             .decoder
             .flush_remaining()
             .map_err(|e| DecodeError(format!("openh264 flush: {e}")))?;
-        for yuv in &rest {
-            sink(&YuvPicture(yuv));
+        let n = rest.len();
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable();
+        for (yuv, (_, id)) in rest.iter().zip(&pending) {
+            sink(*id, &YuvPicture(yuv));
+        }
+        drop(rest);
+        if n > 0 {
+            self.decoder = openh264_decoder()?;
+        }
+        if n > pending.len() {
+            return Err(DecodeError(
+                "openh264 output more pictures than frames".into(),
+            ));
         }
         Ok(())
-    }
-}
-
-#[cfg(feature = "hevc")]
-mod hevc {
-    //! H.265 through libavcodec (ffmpeg-next).
-
-    use ffmpeg_next as ff;
-
-    use super::{Codec, DecodeError, Picture, Rgb, Sink, VideoDecoder, sps};
-
-    pub struct Hevc {
-        decoder: ff::decoder::Video,
-        frame: ff::frame::Video,
-        /// From the hvcC record (4 without one; Annex-B frames are recognised).
-        nal_length_size: usize,
-        /// Set after `send_eof`: the next packet needs a codec flush first.
-        drained: bool,
-    }
-
-    fn err(what: &str, e: ff::Error) -> DecodeError {
-        DecodeError(format!("libavcodec {what}: {e}"))
-    }
-
-    impl Hevc {
-        pub fn new(codec_private: &[u8]) -> Result<Self, DecodeError> {
-            let (params, nal_length_size) = sps::hvcc_nals(codec_private);
-            sps::check_nals(Codec::H265, params)?;
-            ff::init().map_err(|e| err("init", e))?;
-            let codec = ff::decoder::find(ff::codec::Id::HEVC)
-                .ok_or_else(|| DecodeError("libavcodec has no HEVC decoder".into()))?;
-            let mut ctx = ff::codec::context::Context::new_with_codec(codec);
-            if !codec_private.is_empty() {
-                // SAFETY: extradata is allocated with av_mallocz (padding included, as
-                // libavcodec requires) and owned by the context, which frees it.
-                unsafe {
-                    let raw = ctx.as_mut_ptr();
-                    let pad = ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
-                    let p = ff::ffi::av_mallocz(codec_private.len() + pad) as *mut u8;
-                    if p.is_null() {
-                        return Err(DecodeError("out of memory".into()));
-                    }
-                    std::ptr::copy_nonoverlapping(codec_private.as_ptr(), p, codec_private.len());
-                    (*raw).extradata = p;
-                    (*raw).extradata_size = codec_private.len() as i32;
-                }
-            }
-            // SAFETY: a plain field of the context this function owns. libavcodec refuses
-            // larger pictures itself too (the SPS check below covers in-band SPS first).
-            unsafe {
-                (*ctx.as_mut_ptr()).max_pixels = sps::MAX_PICTURE_PIXELS as i64;
-            }
-            ctx.set_threading(ff::threading::Config {
-                kind: ff::threading::Type::None,
-                count: 1,
-                ..Default::default()
-            });
-            let decoder = ctx.decoder().video().map_err(|e| err("open", e))?;
-            Ok(Self {
-                decoder,
-                frame: ff::frame::Video::empty(),
-                nal_length_size,
-                drained: false,
-            })
-        }
-
-        fn receive(&mut self, sink: &mut Sink<'_>) -> Result<(), DecodeError> {
-            loop {
-                match self.decoder.receive_frame(&mut self.frame) {
-                    Ok(()) => sink(&FfPicture(&self.frame)),
-                    Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {
-                        return Ok(());
-                    }
-                    Err(ff::Error::Eof) => return Ok(()),
-                    Err(e) => return Err(err("decode", e)),
-                }
-            }
-        }
-    }
-
-    struct FfPicture<'a>(&'a ff::frame::Video);
-
-    impl Picture for FfPicture<'_> {
-        fn to_rgb(&self) -> Result<Rgb, DecodeError> {
-            let f = self.0;
-            let (w, h) = (f.width(), f.height());
-            let mut sws = ff::software::scaling::Context::get(
-                f.format(),
-                w,
-                h,
-                ff::format::Pixel::RGB24,
-                w,
-                h,
-                ff::software::scaling::Flags::BILINEAR,
-            )
-            .map_err(|e| err("swscale", e))?;
-            let mut out = ff::frame::Video::empty();
-            sws.run(f, &mut out).map_err(|e| err("swscale", e))?;
-            let stride = out.stride(0);
-            let row = w as usize * 3;
-            let src = out.data(0);
-            let mut data = Vec::with_capacity(row * h as usize);
-            for y in 0..h as usize {
-                data.extend_from_slice(&src[y * stride..y * stride + row]);
-            }
-            Ok(Rgb {
-                width: w,
-                height: h,
-                data,
-            })
-        }
-    }
-
-    impl VideoDecoder for Hevc {
-        fn decode(&mut self, frame: &[u8], sink: &mut Sink<'_>) -> Result<(), DecodeError> {
-            sps::check_nals(Codec::H265, sps::nal_units(frame, self.nal_length_size))?;
-            if self.drained {
-                self.decoder.flush();
-                self.drained = false;
-            }
-            let pkt = ff::Packet::copy(frame);
-            self.decoder.send_packet(&pkt).map_err(|e| err("send", e))?;
-            self.receive(sink)
-        }
-
-        fn flush(&mut self, sink: &mut Sink<'_>) -> Result<(), DecodeError> {
-            if self.drained {
-                return Ok(());
-            }
-            self.decoder.send_eof().map_err(|e| err("eof", e))?;
-            self.drained = true;
-            self.receive(sink)
-        }
     }
 }
 

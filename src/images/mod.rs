@@ -3,7 +3,10 @@
 //! - [`convert`]: output size rules, resizing, JPEG/PNG encoding;
 //! - [`decode`]: H.264 (OpenH264) and, with the `hevc` feature, H.265 (libavcodec)
 //!   decoders behind one trait, and a pool of idle decoders;
-//! - [`sps`]: the decoded-size cap, checked on the SPS before a decoder sees a frame;
+//! - `libav` (feature `hevc`): the libavcodec decoder, for H.265 and the H.264 profiles
+//!   OpenH264 cannot decode;
+//! - [`sps`]: the decoded-size cap and the H.264 sample format, checked on the SPS before
+//!   a decoder sees a frame;
 //! - [`render`]: which frame an instant shows and decoding just far enough for it;
 //! - [`ImageService`]: instants → covering fragments → pictures, with the CPU work on
 //!   the blocking pool and at most `images.max_concurrent_decodes` fragments decoding at
@@ -13,6 +16,8 @@
 pub mod convert;
 pub mod decode;
 pub mod generation;
+#[cfg(feature = "hevc")]
+pub mod libav;
 pub mod render;
 pub mod sps;
 

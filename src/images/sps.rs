@@ -1,8 +1,15 @@
-//! The decoded-size cap: before a decoder sees a frame (or a CodecPrivate record), the
-//! picture size its H.264 or H.265 sequence parameter sets declare is read and checked
-//! against [`MAX_PICTURE_PIXELS`] and [`MAX_PICTURE_SIDE`], so a hostile stream cannot
-//! make a decoder allocate frame buffers for a giant picture. Only the SPS fields up to
-//! the picture size are parsed; an SPS too broken to read that far is left to the decoder.
+//! What a stream's sequence parameter sets declare, checked before a decoder sees a
+//! frame (or a CodecPrivate record):
+//!
+//! - the decoded-size cap: the picture size an H.264 or H.265 SPS declares is checked
+//!   against [`MAX_PICTURE_PIXELS`] and [`MAX_PICTURE_SIDE`], so a hostile stream cannot
+//!   make a decoder allocate frame buffers for a giant picture;
+//! - the H.264 sample format ([`H264Format`]: profile, chroma format, bit depth), so a
+//!   stream OpenH264 cannot decode (it decodes 4:2:0 and 4:0:0 at 8 bits, profiles
+//!   Baseline to High) is refused with the reason, not fed to it.
+//!
+//! Only the SPS fields up to the picture size are parsed; an SPS too broken to read that
+//! far is left to the decoder.
 
 use super::decode::DecodeError;
 
@@ -151,22 +158,96 @@ impl Bits {
     }
 }
 
+/// The sample format an H.264 SPS declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H264Format {
+    pub profile_idc: u8,
+    /// 0 = 4:0:0, 1 = 4:2:0, 2 = 4:2:2, 3 = 4:4:4.
+    pub chroma_format_idc: u64,
+    pub bit_depth_luma: u64,
+    pub bit_depth_chroma: u64,
+}
+
+impl H264Format {
+    /// Why OpenH264 cannot decode this format, or `None` when it can: it takes profiles
+    /// Baseline, Main, Extended and High (and the SVC ones) with 4:2:0 or 4:0:0 samples
+    /// of 8 bits.
+    pub fn openh264_refusal(&self) -> Option<String> {
+        let profile_ok = [66, 77, 88, 100, 83, 86].contains(&self.profile_idc);
+        let format_ok =
+            self.chroma_format_idc <= 1 && self.bit_depth_luma == 8 && self.bit_depth_chroma == 8;
+        (!profile_ok || !format_ok).then(|| {
+            format!(
+                "OpenH264 cannot decode this H.264 stream (it decodes Baseline to High, 4:2:0, 8-bit): profile={} ({}) chroma={} bit_depth={}-bit",
+                profile_name(self.profile_idc),
+                self.profile_idc,
+                ["4:0:0", "4:2:0", "4:2:2", "4:4:4"]
+                    .get(self.chroma_format_idc as usize)
+                    .unwrap_or(&"invalid"),
+                self.bit_depth_luma.max(self.bit_depth_chroma),
+            )
+        })
+    }
+}
+
+/// The name of an H.264 `profile_idc`.
+pub fn profile_name(profile_idc: u8) -> &'static str {
+    match profile_idc {
+        66 => "Baseline",
+        77 => "Main",
+        88 => "Extended",
+        100 => "High",
+        110 => "High 10",
+        122 => "High 4:2:2",
+        244 => "High 4:4:4 Predictive",
+        44 => "CAVLC 4:4:4 Intra",
+        83 | 86 => "Scalable",
+        118 | 128 | 134 | 135 | 138 | 139 => "Multiview/3D",
+        _ => "unknown",
+    }
+}
+
+/// The first SPS among `nals` (H.264) that OpenH264 cannot decode, as the reason.
+pub fn openh264_refusal<'a>(nals: impl IntoIterator<Item = &'a [u8]>) -> Option<String> {
+    nals.into_iter()
+        .filter(|n| n.first().is_some_and(|h| h & 0x1F == 7))
+        .filter_map(|n| h264_sps_head(&mut Bits::new(n.get(1..)?)))
+        .find_map(|f| f.openh264_refusal())
+}
+
+/// Profiles whose SPS carries chroma format, bit depths and scaling lists.
+const HIGH_PROFILES: [u8; 13] = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135];
+
+/// Reads an H.264 SPS up to and including the bit depths (`r` at the NAL payload).
+fn h264_sps_head(r: &mut Bits) -> Option<H264Format> {
+    let profile_idc = r.bits(8)? as u8;
+    r.skip(16)?; // constraint flags, level
+    r.ue()?; // seq_parameter_set_id
+    let mut f = H264Format {
+        profile_idc,
+        chroma_format_idc: 1,
+        bit_depth_luma: 8,
+        bit_depth_chroma: 8,
+    };
+    if HIGH_PROFILES.contains(&profile_idc) {
+        f.chroma_format_idc = r.ue()?;
+        if f.chroma_format_idc == 3 {
+            r.skip(1)?; // separate_colour_plane_flag
+        }
+        f.bit_depth_luma = r.ue()?.saturating_add(8);
+        f.bit_depth_chroma = r.ue()?.saturating_add(8);
+    }
+    Some(f)
+}
+
 /// Width and height in luma samples (before cropping) an H.264 SPS declares.
 pub fn h264_sps_size(nal: &[u8]) -> Option<(u64, u64)> {
     let mut r = Bits::new(nal.get(1..)?);
-    let profile = r.bits(8)?;
-    r.skip(16)?; // constraint flags, level
-    r.ue()?; // seq_parameter_set_id
-    if [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135].contains(&profile) {
-        let chroma_format_idc = r.ue()?;
-        if chroma_format_idc == 3 {
-            r.skip(1)?;
-        }
-        r.ue()?; // bit_depth_luma_minus8
-        r.ue()?; // bit_depth_chroma_minus8
+    let f = h264_sps_head(&mut r)?;
+    if HIGH_PROFILES.contains(&f.profile_idc) {
         r.skip(1)?; // qpprime_y_zero_transform_bypass_flag
         if r.bit()? == 1 {
-            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            let lists = if f.chroma_format_idc == 3 { 12 } else { 8 };
             for i in 0..lists {
                 if r.bit()? == 1 {
                     let size = if i < 6 { 16 } else { 64 };
@@ -327,6 +408,43 @@ mod tests {
         // Garbage is left to the decoder.
         assert!(check_nals(Codec::H264, [&[0x67u8][..], &[0x67, 0xFF][..]]).is_ok());
         assert!(nal_units(&[0, 0, 0, 9, 1], 4).is_empty());
+    }
+
+    /// A High-family SPS (`profile`, chroma format, bit depth) for 80×45 macroblocks.
+    fn h264_high_sps(profile: u64, chroma: u64, depth: u64) -> Vec<u8> {
+        let mut w = W::default();
+        w.u(profile, 8).u(0, 8).u(40, 8).ue(0).ue(chroma);
+        if chroma == 3 {
+            w.u(0, 1);
+        }
+        w.ue(depth - 8).ue(depth - 8).u(0, 1).u(0, 1); // no scaling matrices
+        w.ue(0).ue(0).ue(2).ue(1).u(0, 1).ue(79).ue(44).u(1, 1);
+        let mut nal = vec![0x67];
+        nal.extend(w.bytes());
+        nal
+    }
+
+    #[test]
+    fn openh264_formats() {
+        let ok = h264_high_sps(100, 1, 8);
+        assert_eq!(h264_sps_size(&ok), Some((1280, 720)));
+        assert_eq!(openh264_refusal([&ok[..], &h264_sps(80, 45)[..]]), None);
+        let hi444 = h264_high_sps(244, 3, 10);
+        assert_eq!(h264_sps_size(&hi444), Some((1280, 720)));
+        let why = openh264_refusal([&hi444[..]]).unwrap();
+        assert!(
+            why.contains("profile=High 4:4:4 Predictive (244) chroma=4:4:4 bit_depth=10-bit"),
+            "{why}"
+        );
+        let why = openh264_refusal([&h264_high_sps(122, 2, 8)[..]]).unwrap();
+        assert!(
+            why.contains("High 4:2:2 (122) chroma=4:2:2 bit_depth=8-bit"),
+            "{why}"
+        );
+        // High 10 is refused by profile even for 8-bit content (OpenH264 checks it).
+        assert!(openh264_refusal([&h264_high_sps(110, 1, 8)[..]]).is_some());
+        // Non-SPS NAL units and unreadable SPS are left alone.
+        assert_eq!(openh264_refusal([&[0x65u8, 1, 2][..], &[0x67u8][..]]), None);
     }
 
     #[test]
