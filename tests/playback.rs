@@ -7,6 +7,8 @@
 #[path = "playback/browser.rs"]
 mod browser;
 mod common;
+#[path = "browser/player.rs"]
+mod player;
 
 use std::process::Command;
 use std::time::Duration;
