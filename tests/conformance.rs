@@ -7,9 +7,9 @@
 //! (`STREAMVAULT_UPDATE_COMPATIBILITY=1` rewrites it). `STREAMVAULT_CONFORMANCE_ONLY=<substring>`
 //! runs the sources whose name contains it (and skips the doc comparison).
 
-mod common;
 #[path = "conformance/apis.rs"]
 mod apis;
+mod common;
 #[path = "conformance/media.rs"]
 mod media;
 #[path = "browser/player.rs"]
@@ -133,7 +133,13 @@ mkvmerge -q -o "$OUT" "$DIR/in.mkv""#) },
 ];
 
 const APIS: [&str; 7] = [
-    "PutMedia", "GetMedia", "GetClip", "HLS fMP4", "HLS TS", "DASH", "GetImages",
+    "PutMedia",
+    "GetMedia",
+    "GetClip",
+    "HLS fMP4",
+    "HLS TS",
+    "DASH",
+    "GetImages",
 ];
 
 /// Generates a source and decodes it with ffmpeg; `None` when a capture is absent.
@@ -196,28 +202,6 @@ async fn prepare(s: &Source, dir: &Path) -> Option<Prepared> {
         keyframes,
         span,
     })
-}
-
-/// (number, type) of every track.
-fn tracks_of(bytes: &[u8]) -> Vec<(u64, u64)> {
-    use streamvault::mkv::{self, Event, ids};
-    let mut r = mkv::Reader::new(mkv::Limits::default());
-    r.push(bytes);
-    while let Ok(Some(ev)) = r.next_event() {
-        if let Event::TopLevel {
-            id: ids::TRACKS,
-            raw,
-            ..
-        } = ev
-        {
-            return mkv::parse_tracks(&raw)
-                .unwrap()
-                .iter()
-                .map(|t| (t.number, t.track_type))
-                .collect();
-        }
-    }
-    Vec::new()
 }
 
 /// Blocks with lacing, as our own MKV reader sees them.

@@ -95,7 +95,10 @@ impl Player {
             let line = match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
                 Ok(Ok(Some(l))) => l,
                 Ok(_) => {
-                    return Err(format!("the player exited early; last state {:?}", self.last));
+                    return Err(format!(
+                        "the player exited early; last state {:?}",
+                        self.last
+                    ));
                 }
                 Err(_) => return Ok(false),
             };

@@ -164,9 +164,9 @@ pub fn audio_na(audio: super::Audio, api: &str) -> Option<&'static str> {
         (Opus, _) => Some(
             "Opus: AWS packages AAC (and G.711 in GetClip/DASH) only; server answers UnsupportedStreamMediaTypeException",
         ),
-        (Alaw | Mulaw, "HLS fMP4" | "HLS TS") => {
-            Some("G.711: AWS HLS carries AAC only; server answers UnsupportedStreamMediaTypeException")
-        }
+        (Alaw | Mulaw, "HLS fMP4" | "HLS TS") => Some(
+            "G.711: AWS HLS carries AAC only; server answers UnsupportedStreamMediaTypeException",
+        ),
         (Alaw | Mulaw, _) => Some(
             "G.711: AWS accepts it in GetClip/DASH, streamvault does not (docs/api.md): UnsupportedStreamMediaTypeException",
         ),
@@ -249,8 +249,7 @@ pub async fn session(
                 "MaxManifestFragmentResults": 1000}),
         ),
     };
-    let (status, headers, text) =
-        common::raw_http(ctx.addr, "POST", op, &body.to_string()).await;
+    let (status, headers, text) = common::raw_http(ctx.addr, "POST", op, &body.to_string()).await;
     if status != 200 {
         let code = common::header(&headers, "x-amzn-errortype");
         return (
@@ -266,10 +265,10 @@ pub async fn session(
         .unwrap()
         .to_owned();
     let mut r = compare(&url, &p, p.has_audio).await;
-    if r.is_err() {
-        if let Some(e) = first_http_error(&url).await {
-            r = Err(e);
-        }
+    if r.is_err()
+        && let Some(e) = first_http_error(&url).await
+    {
+        r = Err(e);
     }
     (cell(r), Some(url))
 }
@@ -327,12 +326,12 @@ pub fn images_na(decode: super::Decode) -> Option<&'static str> {
     match decode {
         super::Decode::Full => None,
         super::Decode::Hevc if cfg!(feature = "hevc") => None,
-        super::Decode::Hevc => Some(
-            "H.265 decoding needs the `hevc` build feature (README); without it MEDIA_ERROR",
-        ),
-        super::Decode::RemuxOnly => Some(
-            "remux-only source: OpenH264 decodes 8-bit 4:2:0 H.264 only; MEDIA_ERROR",
-        ),
+        super::Decode::Hevc => {
+            Some("H.265 decoding needs the `hevc` build feature (README); without it MEDIA_ERROR")
+        }
+        super::Decode::RemuxOnly => {
+            Some("remux-only source: OpenH264 decodes 8-bit 4:2:0 H.264 only; MEDIA_ERROR")
+        }
     }
 }
 
@@ -360,9 +359,7 @@ pub async fn get_images(ctx: Ctx, p: Arc<Prepared>, decode: super::Decode) -> Ce
         for img in v["Images"].as_array().unwrap() {
             let ms = (img["TimeStamp"].as_f64().unwrap() * 1000.0).round() as i64;
             let r = match img["ImageContent"].as_str() {
-                Some(b) => Ok(base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .unwrap()),
+                Some(b) => Ok(base64::engine::general_purpose::STANDARD.decode(b).unwrap()),
                 None => Err(img["Error"].as_str().unwrap_or("?").to_owned()),
             };
             images.push((ms, r));
@@ -380,7 +377,9 @@ pub async fn get_images(ctx: Ctx, p: Arc<Prepared>, decode: super::Decode) -> Ce
         images.iter().filter(|(_, r)| r.is_err()).collect();
     if let Some(reason) = images_na(decode) {
         return if errors.len() == images.len()
-            && errors.iter().all(|(_, r)| r.as_ref().err().unwrap() == "MEDIA_ERROR")
+            && errors
+                .iter()
+                .all(|(_, r)| r.as_ref().err().unwrap() == "MEDIA_ERROR")
         {
             Cell::Na(reason.to_owned())
         } else {
@@ -417,7 +416,7 @@ pub async fn get_images(ctx: Ctx, p: Arc<Prepared>, decode: super::Decode) -> Ce
             let got = image::load_from_memory(png).map(|i| i.to_rgb8());
             let v = match got {
                 Ok(i) if (i.width() as usize, i.height() as usize) == (w, h) => {
-                    media::psnr(&i.into_raw(), rgb)
+                    common::psnr(&i.into_raw(), rgb)
                 }
                 _ => 0.0,
             };

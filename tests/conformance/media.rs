@@ -81,7 +81,9 @@ pub async fn framemd5(input: &str, pix_fmt: &str, audio: bool) -> Result<Md5s, S
         let first = err.first().map(String::as_str).unwrap_or("exit status");
         // Drop ffmpeg's "[demuxer @ 0x…] " prefix: addresses change between runs.
         let first = match first.split_once("] ") {
-            Some((pre, rest)) if pre.starts_with('[') => format!("{} {rest}", pre.split(" @").next().unwrap_or(pre)),
+            Some((pre, rest)) if pre.starts_with('[') => {
+                format!("{} {rest}", pre.split(" @").next().unwrap_or(pre))
+            }
             _ => first.to_owned(),
         };
         return Err(format!("ffmpeg: {}", short(&first)));
@@ -105,9 +107,7 @@ pub fn short(s: &str) -> String {
     // URLs carry the server's port and session tokens, which change between runs.
     let mut s = s.replace('|', "/");
     while let Some(at) = s.find("http://") {
-        let end = s[at..]
-            .find(['\'', '"', ' '])
-            .map_or(s.len(), |e| at + e);
+        let end = s[at..].find(['\'', '"', ' ']).map_or(s.len(), |e| at + e);
         s.replace_range(at..end, "<url>");
     }
     let s = s.trim();
@@ -217,24 +217,4 @@ pub async fn rgb_frames(
     }
     drop(out);
     let _ = child.kill().await;
-}
-
-pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    if a.len() != b.len() {
-        return 0.0;
-    }
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = f64::from(*x) - f64::from(*y);
-            d * d
-        })
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        99.0
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
 }

@@ -96,6 +96,7 @@ async fn browser_live_session_survives_a_40s_pause() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let mut player = Player::start(&url, 150);
+    let mut last: PlayerState;
     // Reads player reports until `until` holds or `limit` passes; never a fatal error.
     macro_rules! watch {
         ($limit:expr, $until:expr) => {{
@@ -104,7 +105,6 @@ async fn browser_live_session_survives_a_40s_pause() {
             r.unwrap()
         }};
     }
-    let mut last: PlayerState;
     assert!(
         watch!(Duration::from_secs(30), |s: &PlayerState| s.current_time
             >= 3.0),
