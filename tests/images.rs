@@ -110,24 +110,6 @@ fn ffmpeg_frame(sample: &Path, secs: f64, scale: Option<(u32, u32)>) -> Vec<u8> 
     o.stdout
 }
 
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = f64::from(*x) - f64::from(*y);
-            d * d
-        })
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        99.0
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
-}
-
 /// GetImages at 500 ms over 5 s: 10 PNGs at native size that match ffmpeg's frames, and a
 /// 640-wide JPEG request whose images are 640×360. Returns the PSNR values.
 async fn pixels_match_ffmpeg(sample_name: &str) -> Vec<f64> {

@@ -9,6 +9,8 @@ mod browser;
 #[path = "playback/codecs.rs"]
 mod codecs;
 mod common;
+#[path = "browser/player.rs"]
+mod player;
 
 use std::process::Command;
 use std::time::Duration;

@@ -22,25 +22,11 @@ async fn create(srv: &TestServer, name: &str) {
 }
 
 fn video_tracks(src: &[u8]) -> std::collections::HashSet<u64> {
-    use streamvault::mkv::{self, Event, ids};
-    let mut r = mkv::Reader::new(mkv::Limits::default());
-    r.push(src);
-    while let Ok(Some(ev)) = r.next_event() {
-        if let Event::TopLevel {
-            id: ids::TRACKS,
-            raw,
-            ..
-        } = ev
-        {
-            return mkv::parse_tracks(&raw)
-                .unwrap()
-                .iter()
-                .filter(|t| t.track_type == 1)
-                .map(|t| t.number)
-                .collect();
-        }
-    }
-    Default::default()
+    tracks_of(src)
+        .into_iter()
+        .filter(|t| t.1 == 1)
+        .map(|t| t.0)
+        .collect()
 }
 
 /// One fragment per video keyframe, each starting with it, and the stored frames

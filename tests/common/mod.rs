@@ -668,6 +668,49 @@ pub fn have_tool(name: &str) -> bool {
     ok
 }
 
+/// PSNR (dB) of two equally sized 8-bit pictures; 99 when identical, 0 when the sizes differ.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = f64::from(*x) - f64::from(*y);
+            d * d
+        })
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        99.0
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// (number, type: 1 video, 2 audio) of every track of an MKV byte string.
+pub fn tracks_of(bytes: &[u8]) -> Vec<(u64, u64)> {
+    use streamvault::mkv::{self, Event, ids};
+    let mut r = mkv::Reader::new(mkv::Limits::default());
+    r.push(bytes);
+    while let Ok(Some(ev)) = r.next_event() {
+        if let Event::TopLevel {
+            id: ids::TRACKS,
+            raw,
+            ..
+        } = ev
+        {
+            return mkv::parse_tracks(&raw)
+                .unwrap()
+                .iter()
+                .map(|t| (t.number, t.track_type))
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
 /// (track, absolute timecode, keyframe, frame bytes) of every block of an MKV byte
 /// string (a whole file, or one bare stored cluster).
 pub type FrameKey = (u64, i64, bool, Vec<u8>);

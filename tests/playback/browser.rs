@@ -4,14 +4,13 @@
 //! same session with no fatal hls.js error. Needs chromium, node and `npm ci` in
 //! `tests/browser` (`.ci/run` installs them; under `CI` their absence is a failure).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::common::{TestServer, presigned_put_url};
 use super::create;
+use super::player::{Player, PlayerState, have_browser_and};
 
 /// A live camera: ffmpeg encoding a test pattern with audio in real time, POSTing live
 /// MKV (one cluster per 1 s GOP) to PutMedia.
@@ -73,50 +72,9 @@ fn camera(srv: &TestServer, stream: &str) -> tokio::process::Child {
         .unwrap()
 }
 
-/// Whether the browser test can run: chromium, node and the npm packages. Under CI
-/// they are installed by .ci/run, so absence there is a failure.
-fn have_browser() -> bool {
-    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/hls.js");
-    let missing: Vec<&str> = [
-        ("chromium", Path::new("/usr/bin/chromium").exists()),
-        (
-            "node",
-            Command::new("node").arg("--version").output().is_ok(),
-        ),
-        (
-            "ffmpeg",
-            Command::new("ffmpeg").arg("-version").output().is_ok(),
-        ),
-        ("tests/browser/node_modules (npm ci)", modules.exists()),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(n, _)| n)
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("the browser test needs {missing:?} in CI (.ci/run installs them)");
-    }
-    eprintln!("SKIP: browser test needs {missing:?}");
-    false
-}
-
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PlayerState {
-    t: f64,
-    current_time: f64,
-    fatal: Vec<String>,
-    errors: u64,
-    last: String,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_live_session_survives_a_40s_pause() {
-    use tokio::io::AsyncBufReadExt;
-    if !have_browser() {
+    if !have_browser_and(&["ffmpeg"]) {
         return;
     }
     let started = std::time::Instant::now();
@@ -137,38 +95,14 @@ async fn browser_live_session_survives_a_40s_pause() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/play.mjs");
-    let mut node = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&url)
-        .arg("150")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
-    let mut last = PlayerState::default();
+    let mut player = Player::start(&url, 150);
+    let mut last: PlayerState;
     // Reads player reports until `until` holds or `limit` passes; never a fatal error.
     macro_rules! watch {
         ($limit:expr, $until:expr) => {{
-            let deadline = tokio::time::Instant::now() + $limit;
-            loop {
-                let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
-                    Ok(Ok(Some(l))) => l,
-                    Ok(_) => panic!("the player exited early; last state {last:?}"),
-                    Err(_) => break false,
-                };
-                let Ok(s) = serde_json::from_str::<PlayerState>(&line) else {
-                    continue;
-                };
-                assert!(s.fatal.is_empty(), "fatal hls.js error: {s:?}");
-                last = s;
-                let until: &dyn Fn(&PlayerState) -> bool = &$until;
-                if until(&last) {
-                    break true;
-                }
-            }
+            let r = player.watch($limit, $until).await;
+            last = player.last.clone();
+            r.unwrap()
         }};
     }
     assert!(
@@ -204,7 +138,6 @@ async fn browser_live_session_survives_a_40s_pause() {
         last.t,
         started.elapsed().as_secs_f64()
     );
-    drop(node.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(10), node.wait()).await;
+    player.stop().await;
     cam.kill().await.unwrap();
 }
