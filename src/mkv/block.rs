@@ -144,7 +144,7 @@ fn read_head(payload: &[u8], offset: usize) -> Result<Head, Error> {
 /// The lace table of `data` (a block's bytes after its flags), checked against it.
 fn lace_ranges(lacing: Lacing, data: &[u8]) -> Result<Vec<Range<usize>>, &'static str> {
     if lacing == Lacing::None {
-        return Ok(vec![0..data.len()]);
+        return Ok(std::iter::once(0..data.len()).collect());
     }
     let (&count, _) = data.split_first().ok_or("no lace count")?;
     let n = usize::from(count) + 1;
@@ -155,7 +155,7 @@ fn lace_ranges(lacing: Lacing, data: &[u8]) -> Result<Vec<Range<usize>>, &'stati
         Lacing::None => {}
         Lacing::Fixed => {
             let body = data.len() - 1;
-            if body % n != 0 {
+            if !body.is_multiple_of(n) {
                 return Err("fixed-size laces do not divide the block");
             }
             sizes.resize(n - 1, body / n);

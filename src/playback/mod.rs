@@ -125,7 +125,7 @@ impl MediaConfig {
     }
 }
 
-fn codec_private<'a>(t: &'a crate::mkv::TrackEntry) -> Result<&'a Bytes> {
+fn codec_private(t: &crate::mkv::TrackEntry) -> Result<&Bytes> {
     t.codec_private
         .as_ref()
         .filter(|c| !c.is_empty())
