@@ -118,14 +118,7 @@ async fn server_with_stream() -> TestServer {
         s.images.min_sampling_interval = Duration::from_millis(100);
     })
     .await;
-    srv.control()
-        .await
-        .create_stream()
-        .stream_name("cam")
-        .data_retention_in_hours(24)
-        .send()
-        .await
-        .unwrap();
+    srv.create_stream("cam", 24).await;
     srv
 }
 

@@ -53,13 +53,7 @@ async fn slow_and_unsigned_clients_cannot_hold_the_server() {
         s.http.header_read_timeout = Duration::from_secs(10);
     })
     .await;
-    srv.control()
-        .await
-        .create_stream()
-        .stream_name("cam")
-        .send()
-        .await
-        .unwrap();
+    srv.create_stream("cam", 24).await;
     // Warm up (first-use allocations are not what this measures).
     signed_describe_ms(&srv).await;
     let rss_before = rss();
