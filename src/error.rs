@@ -42,6 +42,9 @@ pub enum ErrorKind {
     InvalidMediaFrame,
     /// The caller is authenticated but not allowed to do this.
     NotAuthorized,
+    /// The same, on an operation whose model declares `AccessDeniedException` instead
+    /// (see `operations`).
+    AccessDenied,
     /// The request carries no signature at all.
     MissingAuthenticationToken,
     /// The access key is not known.
@@ -52,13 +55,15 @@ pub enum ErrorKind {
     UnknownOperation,
     /// A known AWS operation this server does not implement.
     NotImplemented,
+    /// A known path called with an HTTP method it does not take.
+    MethodNotAllowed,
     /// Something failed inside the server; the request may be retried.
     Internal,
 }
 
 impl ErrorKind {
     /// All kinds, for tests that check the mapping is total and distinct.
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 24] = [
         ErrorKind::InvalidArgument,
         ErrorKind::Serialization,
         ErrorKind::ResourceNotFound,
@@ -75,11 +80,13 @@ impl ErrorKind {
         ErrorKind::InvalidCodecPrivateData,
         ErrorKind::InvalidMediaFrame,
         ErrorKind::NotAuthorized,
+        ErrorKind::AccessDenied,
         ErrorKind::MissingAuthenticationToken,
         ErrorKind::UnrecognizedClient,
         ErrorKind::InvalidSignature,
         ErrorKind::UnknownOperation,
         ErrorKind::NotImplemented,
+        ErrorKind::MethodNotAllowed,
         ErrorKind::Internal,
     ];
 }

@@ -53,6 +53,23 @@ impl fmt::Display for StreamName {
     }
 }
 
+/// The ARN partition of a region, as AWS assigns them: `aws-cn` for `cn-*`,
+/// `aws-us-gov` for `us-gov-*`, the ISO partitions for theirs, `aws` for the rest.
+pub fn partition(region: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 6] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-isof-", "aws-iso-f"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(p, _)| region.starts_with(p))
+        .map_or("aws", |(_, part)| part)
+}
+
 /// A parsed stream ARN: `arn:<partition>:kinesisvideo:<region>:<account>:stream/<name>/<creation ms>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamArn {
@@ -64,14 +81,15 @@ pub struct StreamArn {
 }
 
 impl StreamArn {
-    /// Formats the ARN of a stream.
+    /// Formats the ARN of a stream; the partition follows the region ([`partition`]).
     pub fn format(
         region: &str,
         account: &str,
         name: &StreamName,
         creation_ms: EpochMillis,
     ) -> String {
-        format!("arn:aws:kinesisvideo:{region}:{account}:stream/{name}/{creation_ms}")
+        let partition = partition(region);
+        format!("arn:{partition}:kinesisvideo:{region}:{account}:stream/{name}/{creation_ms}")
     }
 
     /// Parses an ARN; errors carry `kind` so tag operations can answer
@@ -174,11 +192,14 @@ impl fmt::Display for FragmentNumber {
     }
 }
 
-fn is_tag_char(c: char) -> bool {
-    c.is_alphabetic()
-        || c.is_numeric()
-        || c.is_whitespace()
-        || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+/// The first character of `s` outside the model's tag class `[\p{L}\p{Z}\p{N}_.:/=+\-@]`
+/// (letters, space separators, numbers and `_.:/=+-@`; control characters, tabs and
+/// newlines are not in it).
+fn bad_tag_char(s: &str) -> Option<char> {
+    static OUTSIDE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"[^\p{L}\p{Z}\p{N}_.:/=+\-@]").expect("tag class regex")
+    });
+    OUTSIDE.find(s).and_then(|m| m.as_str().chars().next())
 }
 
 /// Validates one tag key (1–128 chars) from the allowed character set.
@@ -186,12 +207,12 @@ pub fn check_tag_key(key: &str) -> Result<()> {
     let n = key.chars().count();
     if n == 0 || n > 128 {
         return Err(Error::invalid(format!(
-            "tag key must be 1 to 128 characters: key={key}"
+            "tag key must be 1 to 128 characters: key={key:?}"
         )));
     }
-    if let Some(c) = key.chars().find(|c| !is_tag_char(*c)) {
+    if let Some(c) = bad_tag_char(key) {
         return Err(Error::invalid(format!(
-            "tag key may contain only letters, digits, spaces and _.:/=+-@: key={key} found={c:?}"
+            "tag key may contain only letters, numbers, spaces and _.:/=+-@: key={key:?} found={c:?}"
         )));
     }
     Ok(())
@@ -201,12 +222,12 @@ pub fn check_tag_key(key: &str) -> Result<()> {
 pub fn check_tag_value(key: &str, value: &str) -> Result<()> {
     if value.chars().count() > 256 {
         return Err(Error::invalid(format!(
-            "tag value must be at most 256 characters: key={key}"
+            "tag value must be at most 256 characters: key={key:?}"
         )));
     }
-    if let Some(c) = value.chars().find(|c| !is_tag_char(*c)) {
+    if let Some(c) = bad_tag_char(value) {
         return Err(Error::invalid(format!(
-            "tag value may contain only letters, digits, spaces and _.:/=+-@: key={key} found={c:?}"
+            "tag value may contain only letters, numbers, spaces and _.:/=+-@: key={key:?} found={c:?}"
         )));
     }
     Ok(())
@@ -295,6 +316,14 @@ mod tests {
         assert_eq!(a.name, name);
         assert_eq!(a.creation_ms, 1_700_000_000_123);
         assert_eq!(a.region, "us-west-2");
+        assert_eq!(a.partition, "aws");
+        let cn = StreamArn::format("cn-north-1", "1", &name, 5);
+        assert_eq!(cn, "arn:aws-cn:kinesisvideo:cn-north-1:1:stream/cam1/5");
+        let gov = StreamArn::format("us-gov-west-1", "1", &name, 5);
+        assert!(gov.starts_with("arn:aws-us-gov:kinesisvideo:us-gov-west-1:"));
+        assert_eq!(partition("us-isob-east-1"), "aws-iso-b");
+        assert_eq!(partition("us-iso-east-1"), "aws-iso");
+        assert_eq!(partition("eu-west-1"), "aws");
         let e =
             StreamArn::parse("arn:aws:s3:::bucket", ErrorKind::InvalidResourceFormat).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidResourceFormat);
@@ -328,6 +357,20 @@ mod tests {
         assert!(check_tags(&t).is_ok());
         t.insert("bad*".to_string(), "x".to_string());
         assert!(check_tags(&t).is_err());
+        // The model's classes: letters, numbers and space separators of any script.
+        assert!(check_tag_key("Kamera Süd 東京 ٣\u{00A0}x").is_ok());
+        assert!(check_tag_value("k", "").is_ok());
+        for bad in [
+            "a\tb",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\u{200B}b",
+            "e\u{301}",
+        ] {
+            assert!(check_tag_key(bad).is_err(), "{bad:?}");
+            assert!(check_tag_value("k", bad).is_err(), "{bad:?}");
+        }
         let many: BTreeMap<_, _> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(
             check_tags(&many).unwrap_err().kind,

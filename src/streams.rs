@@ -126,10 +126,11 @@ impl Catalog {
         access.check_stream(rec.name.as_str())?;
         if let Some(a) = by_arn
             && (a.creation_ms != rec.creation_ms
+                || a.partition != model::partition(&self.region)
                 || a.region != self.region
                 || a.account != self.account_id)
         {
-            // Same name, other incarnation or other region/account: not this stream.
+            // Same name, other incarnation or other partition/region/account: not this stream.
             return Err(Error::not_found(format!(
                 "stream not found: arn={}",
                 arn.unwrap_or_default()

@@ -30,14 +30,9 @@ fn exempt(path: &str) -> bool {
     path == "/metrics" || path.starts_with("/hls/") || path.starts_with("/dash/")
 }
 
-/// `/createStream` → `CreateStream`.
+/// The action a path names (`/createStream` → `CreateStream`; see `operations`).
 fn operation(path: &str) -> String {
-    let op = path.trim_start_matches('/');
-    let mut c = op.chars();
-    match c.next() {
-        Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-        None => String::new(),
-    }
+    crate::operations::action_of_path(path)
 }
 
 fn sig_error(e: SigError) -> Error {
@@ -249,18 +244,4 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
     access.check_action()?;
     parts.extensions.insert(access);
     Ok(Request::from_parts(parts, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operations() {
-        assert_eq!(
-            operation("/getHLSStreamingSessionURL"),
-            "GetHLSStreamingSessionURL"
-        );
-        assert_eq!(operation("/putMedia"), "PutMedia");
-    }
 }

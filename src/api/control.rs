@@ -1,6 +1,6 @@
 //! Control-plane operations (`kinesisvideo`): CreateStream, DescribeStream, ListStreams,
-//! UpdateStream, DeleteStream, UpdateDataRetention, TagStream, UntagStream,
-//! ListTagsForStream, GetDataEndpoint. Each is `POST /<lowerCamelName>` with a JSON body;
+//! UpdateStream, DeleteStream, UpdateDataRetention, GetDataEndpoint (tags are in
+//! `api::tagging`). Each is `POST /<lowerCamelName>` with a JSON body;
 //! validation happens here and in `model`, business rules in `streams::Catalog`.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use crate::auth::Access;
 use crate::clock::epoch_secs_json;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{StreamRecord, StreamUpdate};
-use crate::model::{self, MAX_RETENTION_HOURS, MAX_TAGS};
+use crate::model::{self, MAX_RETENTION_HOURS};
 use crate::streams::CreateStream;
 
 /// Routes of this family.
@@ -31,9 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/updateStream", post(update_stream))
         .route("/deleteStream", post(delete_stream))
         .route("/updateDataRetention", post(update_data_retention))
-        .route("/tagStream", post(tag_stream))
-        .route("/untagStream", post(untag_stream))
-        .route("/listTagsForStream", post(list_tags_for_stream))
         .route("/getDataEndpoint", post(get_data_endpoint))
 }
 
@@ -145,11 +142,11 @@ struct ListStreamsInput {
     stream_name_condition: Option<StreamNameCondition>,
 }
 
-fn encode_token(last: &str) -> String {
+pub(super) fn encode_token(last: &str) -> String {
     B64.encode(last.as_bytes())
 }
 
-fn decode_token(token: &str) -> Result<String> {
+pub(super) fn decode_token(token: &str) -> Result<String> {
     let bad = || Error::invalid("NextToken is not a token this server issued");
     if token.len() > 1024 {
         return Err(bad());
@@ -346,136 +343,6 @@ async fn update_data_retention(
         .update(&s, Some(&version), StreamUpdate::Retention { hours })
         .await?;
     Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TagStreamInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-    tags: Option<BTreeMap<String, String>>,
-}
-
-async fn tag_stream(
-    State(state): State<AppState>,
-    access: Access,
-    KvsJson(i): KvsJson<TagStreamInput>,
-) -> Result<Json<Value>> {
-    let tags = i.tags.ok_or_else(|| Error::invalid("Tags is required"))?;
-    model::check_tags(&tags)?;
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
-        .await?;
-    let after = s
-        .tags
-        .keys()
-        .chain(tags.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    if after > MAX_TAGS {
-        return Err(Error::new(
-            ErrorKind::TagsPerResourceExceededLimit,
-            format!(
-                "a stream can have at most {MAX_TAGS} tags: current={} after={after}",
-                s.tags.len()
-            ),
-        ));
-    }
-    let update = StreamUpdate::Tags {
-        set: tags,
-        remove: vec![],
-    };
-    state.catalog.update(&s, None, update).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct UntagStreamInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-    tag_key_list: Option<Vec<String>>,
-}
-
-async fn untag_stream(
-    State(state): State<AppState>,
-    access: Access,
-    KvsJson(i): KvsJson<UntagStreamInput>,
-) -> Result<Json<Value>> {
-    let keys = i
-        .tag_key_list
-        .ok_or_else(|| Error::invalid("TagKeyList is required"))?;
-    if keys.is_empty() || keys.len() > MAX_TAGS {
-        return Err(Error::invalid(format!(
-            "TagKeyList must hold 1 to {MAX_TAGS} keys: count={}",
-            keys.len()
-        )));
-    }
-    for k in &keys {
-        model::check_tag_key(k)?;
-    }
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
-        .await?;
-    let update = StreamUpdate::Tags {
-        set: BTreeMap::new(),
-        remove: keys,
-    };
-    state.catalog.update(&s, None, update).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ListTagsInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-    next_token: Option<String>,
-}
-
-async fn list_tags_for_stream(
-    State(state): State<AppState>,
-    access: Access,
-    KvsJson(i): KvsJson<ListTagsInput>,
-) -> Result<Json<Value>> {
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
-        .await?;
-    // At most 50 tags exist, so one page always holds them all; a token from an
-    // earlier page resumes after its key.
-    let after = i
-        .next_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .map(decode_token)
-        .transpose()?;
-    let tags: BTreeMap<_, _> = s
-        .tags
-        .into_iter()
-        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
-        .collect();
-    Ok(Json(json!({ "Tags": tags })))
 }
 
 #[derive(Deserialize)]

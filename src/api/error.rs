@@ -36,6 +36,7 @@ pub fn wire(kind: ErrorKind) -> (StatusCode, &'static str) {
         InvalidCodecPrivateData => (StatusCode::BAD_REQUEST, "InvalidCodecPrivateDataException"),
         InvalidMediaFrame => (StatusCode::BAD_REQUEST, "InvalidMediaFrameException"),
         NotAuthorized => (StatusCode::UNAUTHORIZED, "NotAuthorizedException"),
+        AccessDenied => (StatusCode::UNAUTHORIZED, "AccessDeniedException"),
         MissingAuthenticationToken => {
             (StatusCode::FORBIDDEN, "MissingAuthenticationTokenException")
         }
@@ -43,6 +44,8 @@ pub fn wire(kind: ErrorKind) -> (StatusCode, &'static str) {
         InvalidSignature => (StatusCode::FORBIDDEN, "InvalidSignatureException"),
         UnknownOperation => (StatusCode::NOT_FOUND, "UnknownOperationException"),
         NotImplemented => (StatusCode::NOT_IMPLEMENTED, "NotImplementedException"),
+        // Not modeled; named like the rest so clients parse it as a KVS error.
+        MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowedException"),
         Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure"),
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP API: one router per API family, merged here, with the middleware every
-//! response passes through (request id, metrics, one log line per failed request) and a
-//! JSON fallback for unknown paths.
+//! response passes through (request id, metrics, one log line per failed request) and
+//! JSON fallbacks for unknown paths, unimplemented modeled operations and wrong methods.
 
 pub mod archived;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod json;
 pub mod media;
 pub mod playback;
 pub mod put_media;
+pub mod tagging;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,36 +54,11 @@ pub struct AppState {
     pub images: crate::images::ImageService,
 }
 
-/// AWS operations of the three KVS services (and signaling/edge operations of the
-/// control plane) that this server does not implement: answered with
-/// `NotImplementedException` rather than "unknown operation".
-const NOT_IMPLEMENTED: &[&str] = &[
-    "/createSignalingChannel",
-    "/describeSignalingChannel",
-    "/listSignalingChannels",
-    "/updateSignalingChannel",
-    "/deleteSignalingChannel",
-    "/getSignalingChannelEndpoint",
-    "/TagResource",
-    "/UntagResource",
-    "/ListTagsForResource",
-    "/describeNotificationConfiguration",
-    "/updateNotificationConfiguration",
-    "/describeMediaStorageConfiguration",
-    "/updateMediaStorageConfiguration",
-    "/describeMappedResourceConfiguration",
-    "/startEdgeConfigurationUpdate",
-    "/describeEdgeConfiguration",
-    "/deleteEdgeConfiguration",
-    "/listEdgeAgentConfigurations",
-    "/describeStreamStorageConfiguration",
-    "/updateStreamStorageConfiguration",
-];
-
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(control::router())
+        .merge(tagging::router())
         .merge(put_media::router())
         .merge(media::router())
         .merge(archived::router())
@@ -91,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .merge(images::router())
         .route("/metrics", get(render_metrics))
         .fallback(fallback)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -123,9 +100,11 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Unknown paths: `NotImplementedException` for a modeled operation this server does not
+/// implement (see `operations`), else `UnknownOperationException`.
 async fn fallback(method: Method, uri: axum::http::Uri) -> Error {
     let path = uri.path();
-    if NOT_IMPLEMENTED.contains(&path) {
+    if crate::operations::by_path(path).is_some_and(|o| !o.implemented) {
         return Error::new(
             ErrorKind::NotImplemented,
             format!("operation is not implemented by this server: path={path}"),
@@ -134,6 +113,17 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> Error {
     Error::new(
         ErrorKind::UnknownOperation,
         format!("no operation at this path: method={method} path={path}"),
+    )
+}
+
+/// A known path with a method it does not take: a KVS JSON error, not a bare 405.
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Error {
+    Error::new(
+        ErrorKind::MethodNotAllowed,
+        format!(
+            "this path does not take this HTTP method: method={method} path={}",
+            uri.path()
+        ),
     )
 }
 

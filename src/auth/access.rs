@@ -12,7 +12,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::{Policy, Principal};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// How the request was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +66,11 @@ impl Access {
         self.method
     }
 
+    /// `NotAuthorized`, or `AccessDenied` on the operations whose model declares it.
     fn denied(&self, stream: Option<&str>) -> Error {
+        let op = self.action.trim_start_matches("kinesisvideo:");
         Error::new(
-            ErrorKind::NotAuthorized,
+            crate::operations::denial_kind(op),
             format!(
                 "access key is not allowed to do this: key={} action={} stream={}",
                 self.who.as_ref().map_or("-", |w| w.access_key_id.as_str()),
@@ -121,6 +123,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn limited(op: &str) -> Access {
         let policy = Arc::new(Policy {
@@ -144,6 +147,13 @@ mod tests {
         assert_eq!(
             a.check_stream("door").unwrap_err().kind,
             ErrorKind::NotAuthorized
+        );
+        assert_eq!(
+            limited("TagResource")
+                .check_stream("cam-1")
+                .unwrap_err()
+                .kind,
+            ErrorKind::AccessDenied
         );
         let d = limited("DeleteStream");
         assert!(d.check_action().is_err());

@@ -2,6 +2,8 @@
 //! data dir, and AWS SDK clients pointed at it.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
