@@ -69,6 +69,8 @@ pub struct Settings {
     pub playback: PlaybackSettings,
     /// GetImages and image generation.
     pub images: ImageSettings,
+    /// Webhook delivery of UpdateNotificationConfiguration events.
+    pub notifications: NotificationSettings,
 }
 
 impl Default for Settings {
@@ -95,6 +97,7 @@ impl Default for Settings {
             gc: GcSettings::default(),
             playback: PlaybackSettings::default(),
             images: ImageSettings::default(),
+            notifications: NotificationSettings::default(),
         }
     }
 }
@@ -517,6 +520,47 @@ impl Default for ImageSettings {
     }
 }
 
+/// Webhook delivery of stream notifications (UpdateNotificationConfiguration with an
+/// `http://` or `https://` destination; see docs/api.md, Notifications).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationSettings {
+    /// HMAC-SHA256 key that signs every delivery (`X-Streamvault-Signature`). Webhook
+    /// destinations are refused while it is unset. Never logged. Default: none.
+    pub webhook_secret: Option<Secret>,
+    /// URL prefixes a webhook destination must start with (e.g.
+    /// `https://hooks.example.com/`); empty allows any `http(s)://` URL. Default: empty.
+    pub allowed_destinations: Vec<String>,
+    /// Attempts per event (the first plus retries). Default 6.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles after each, up to `max_backoff`. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Deadline of one attempt (connect to response head). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Events being delivered or waiting for a retry, server-wide; an event beyond it is
+    /// dropped and counted. Default 1024.
+    pub max_pending: usize,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            allowed_destinations: Vec::new(),
+            max_attempts: 6,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            max_pending: 1024,
+        }
+    }
+}
+
 /// Errors while loading settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -672,6 +716,17 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "images.webhook_url must start with http:// or https://".into(),
+            ));
+        }
+        let n = &self.notifications;
+        if n.max_attempts == 0 || n.max_pending == 0 || n.timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "notifications.max_attempts, notifications.max_pending and notifications.timeout must be positive".into(),
+            ));
+        }
+        if n.webhook_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "notifications.webhook_secret must be at least 16 characters".into(),
             ));
         }
         Ok(())

@@ -8,7 +8,8 @@
 //! router per API family), [`listener`] (accept loop and connection limits), [`server`]
 //! (assembly and `run`), [`check`] (invariant checker) and [`cli`] (the `streamvault`
 //! command); [`retention`] expires fragments; [`fsperm`] warns about secret files others
-//! can read; [`operations`] is the catalogue of modeled AWS operations.
+//! can read; [`operations`] is the catalogue of modeled AWS operations; [`notify`]
+//! delivers stream notifications to webhooks.
 
 pub mod api;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod media;
 pub mod metrics;
 pub mod mkv;
 pub mod model;
+pub mod notify;
 pub mod operations;
 pub mod playback;
 pub mod retention;

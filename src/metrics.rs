@@ -12,6 +12,15 @@ pub const REQUESTS: &str = "streamvault_requests_total";
 /// Time to response headers, seconds, by operation.
 pub const REQUEST_SECONDS: &str = "streamvault_request_duration_seconds";
 
+/// Notification events by outcome: `delivered`, `failed` (attempts exhausted or refused),
+/// `dropped` (`notifications.max_pending` reached), `abandoned` (server shutdown),
+/// `sns_not_delivered` (SNS destination: stored, never sent).
+pub const NOTIFICATIONS: &str = "streamvault_notifications_total";
+/// Webhook delivery attempts after the first of an event.
+pub const NOTIFICATION_RETRIES: &str = "streamvault_notification_retries_total";
+/// Notification events being delivered or waiting for a retry.
+pub const NOTIFICATIONS_PENDING: &str = "streamvault_notifications_pending";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder on first use and returns the shared handle.

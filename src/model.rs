@@ -285,6 +285,23 @@ pub fn check_version(s: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `DefaultStorageTier` values of the model. streamvault keeps every fragment in one
+/// tier; the value is stored and described back.
+pub const STORAGE_TIERS: [&str; 2] = ["HOT", "WARM"];
+
+/// Validates a `StreamStorageConfiguration.DefaultStorageTier`.
+pub fn check_storage_tier(tier: Option<&str>) -> Result<String> {
+    match tier {
+        Some(t) if STORAGE_TIERS.contains(&t) => Ok(t.to_owned()),
+        Some(t) => Err(Error::invalid(format!(
+            "DefaultStorageTier must be HOT or WARM: value={t}"
+        ))),
+        None => Err(Error::invalid(
+            "StreamStorageConfiguration.DefaultStorageTier is required",
+        )),
+    }
+}
+
 /// Validates a retention value in hours.
 pub fn check_retention(hours: i64) -> Result<()> {
     if !(0..=MAX_RETENTION_HOURS).contains(&hours) {

@@ -177,11 +177,18 @@ impl Server {
         let stop = CancellationToken::new();
         let images = crate::images::ImageService::new(&self.settings);
         let ingest = Arc::new(Ingest::new(self.settings.ingest.clone()));
+        let notifier = crate::notify::Notifier::new(
+            self.catalog.clone(),
+            self.settings.notifications.clone(),
+            stop.clone(),
+        );
+        ingest.set_notifier(notifier.clone());
         ingest.set_image_jobs(
             crate::images::generation::Generator {
                 catalog: self.catalog.clone(),
                 images: images.clone(),
                 settings: self.settings.clone(),
+                notifier,
             }
             .spawn(stop.clone()),
         );

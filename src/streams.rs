@@ -3,7 +3,8 @@
 //! the one place that checks the caller's [`Access`] against a stream: on the record it
 //! resolves, the name it creates, and each stream it lists. It creates streams with a
 //! fresh wrapped data key, applies version-checked updates, and caches unwrapped data
-//! keys for the data plane (dropped when a stream is deleted).
+//! keys for the data plane (dropped when a stream is deleted). It also keeps the stream
+//! storage configuration (one tier in fact; the requested one is stored and described).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,18 @@ pub struct CreateStream {
     pub kms_key_id: Option<String>,
     pub retention_hours: Option<i64>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// `StreamStorageConfiguration.DefaultStorageTier`, already checked by
+    /// `model::check_storage_tier`.
+    pub storage_tier: Option<String>,
+}
+
+/// `stream_configs.kind` of the stream storage configuration (`{"DefaultStorageTier"}`).
+pub const STORAGE_CONFIG_KIND: &str = "stream_storage";
+/// The tier of a stream created without a storage configuration (AWS's default).
+pub const DEFAULT_STORAGE_TIER: &str = "HOT";
+
+fn storage_doc(tier: &str) -> String {
+    serde_json::json!({ "DefaultStorageTier": tier }).to_string()
 }
 
 fn new_id() -> String {
@@ -195,7 +208,49 @@ impl Catalog {
             .lock()
             .expect("key cache")
             .insert(stream_id, Arc::new(dek));
+        if let Some(tier) = req
+            .storage_tier
+            .as_deref()
+            .filter(|t| *t != DEFAULT_STORAGE_TIER)
+        {
+            // A second transaction: should it be lost, the stream reads as the default tier.
+            self.index
+                .put_stream_config(&rec.stream_id, STORAGE_CONFIG_KIND, Some(storage_doc(tier)))
+                .await?;
+        }
         Ok(rec)
+    }
+
+    /// The stream's `DefaultStorageTier` (HOT unless one was set).
+    pub async fn storage_tier(&self, s: &StreamRecord) -> Result<String> {
+        let doc = self
+            .index
+            .get_stream_config(&s.stream_id, STORAGE_CONFIG_KIND)
+            .await?;
+        let Some(doc) = doc else {
+            return Ok(DEFAULT_STORAGE_TIER.to_owned());
+        };
+        let v: serde_json::Value = serde_json::from_str(&doc)
+            .map_err(|e| Error::internal(format!("stored storage configuration: {e}")))?;
+        Ok(v["DefaultStorageTier"]
+            .as_str()
+            .unwrap_or(DEFAULT_STORAGE_TIER)
+            .to_owned())
+    }
+
+    /// UpdateStreamStorageConfiguration: a version-checked change that sets a new version.
+    pub async fn set_storage_tier(
+        &self,
+        s: &StreamRecord,
+        version: &str,
+        tier: &str,
+    ) -> Result<()> {
+        let update = StreamUpdate::Config {
+            kind: STORAGE_CONFIG_KIND.to_owned(),
+            body: Some(storage_doc(tier)),
+        };
+        self.update(s, Some(version), update).await?;
+        Ok(())
     }
 
     /// ListStreams: up to `limit` streams after `after` (by name) whose name starts with

@@ -638,76 +638,9 @@ async fn boto3_get_images_and_generation_configuration() {
 
 // ---- image generation -----------------------------------------------------------------
 
-/// Inserts a Tags element (fragment metadata) after each cluster whose timecode is listed.
-fn tag_clusters(src: &[u8], timecodes: &[u64], tags: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = src.to_vec();
-    let mut inserts: Vec<(usize, Vec<u8>)> = Vec::new();
-    for (tc, bytes) in clusters_of(src) {
-        if !timecodes.contains(&tc) {
-            continue;
-        }
-        let at = src
-            .windows(bytes.len().min(4096))
-            .position(|w| w == &bytes[..bytes.len().min(4096)])
-            .unwrap()
-            + bytes.len();
-        let mut t = Vec::new();
-        streamvault::mkv::writer::write_tags(&mut t, tags);
-        inserts.push((at, t));
-    }
-    inserts.sort_by_key(|i| std::cmp::Reverse(i.0));
-    for (at, t) in inserts {
-        out.splice(at..at, t);
-    }
-    out
-}
-
-/// A one-shot local HTTP server that records request bodies.
-async fn webhook_sink() -> (String, tokio::sync::mpsc::Receiver<Value>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", l.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 8192];
-                loop {
-                    let n = s.read(&mut tmp).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            let _ = tx.send(serde_json::from_str(&body[..len]).unwrap()).await;
-                            let _ = s
-                                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-                                .await;
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (url, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_generation_writes_tagged_fragments_to_the_sink() {
-    let (hook, mut notes) = webhook_sink().await;
+    let (hook, mut notes) = webhook::json_sink().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let local = tmp.path().join("out");

@@ -74,6 +74,14 @@ struct CreateStreamInput {
     kms_key_id: Option<String>,
     data_retention_in_hours: Option<i64>,
     tags: Option<BTreeMap<String, String>>,
+    stream_storage_configuration: Option<StorageConfigInput>,
+}
+
+/// `StreamStorageConfiguration` (CreateStream, UpdateStreamStorageConfiguration).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct StorageConfigInput {
+    pub default_storage_tier: Option<String>,
 }
 
 async fn create_stream(
@@ -84,6 +92,10 @@ async fn create_stream(
     let name = i
         .stream_name
         .ok_or_else(|| Error::invalid("StreamName is required"))?;
+    let storage_tier = i
+        .stream_storage_configuration
+        .map(|c| model::check_storage_tier(c.default_storage_tier.as_deref()))
+        .transpose()?;
     let s = state
         .catalog
         .create(
@@ -95,6 +107,7 @@ async fn create_stream(
                 kms_key_id: i.kms_key_id,
                 retention_hours: i.data_retention_in_hours,
                 tags: i.tags,
+                storage_tier,
             },
         )
         .await?;

@@ -5,6 +5,7 @@
 pub mod archived;
 pub mod auth;
 pub mod clip;
+pub mod configuration;
 pub mod control;
 pub mod error;
 pub mod images;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(control::router())
         .merge(tagging::router())
+        .merge(configuration::router())
         .merge(put_media::router())
         .merge(media::router())
         .merge(archived::router())

@@ -2,7 +2,8 @@
 //! configuration is `ENABLED`, every persisted fragment whose producer metadata carries
 //! the tag `AWS_KINESISVIDEO_IMAGE_GENERATION` gets one image per sampling instant of its
 //! time range, written to the configured destination, followed by one webhook
-//! notification for the batch when `images.webhook_url` is set.
+//! notification for the batch when `images.webhook_url` is set, and an `IMAGES_GENERATED`
+//! event to the stream's notification destination (`notify`) when images were written.
 //!
 //! Destinations (`DestinationConfig.Uri`):
 //! - `s3://<bucket>/<prefix>`: the server's own object store (the one holding the
@@ -147,6 +148,8 @@ pub struct Generator {
     pub catalog: Catalog,
     pub images: ImageService,
     pub settings: Arc<Settings>,
+    /// Sends `IMAGES_GENERATED` to the stream's notification destination.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Generator {
@@ -224,6 +227,10 @@ impl Generator {
             listed.push(entry);
         }
         metrics::counter!(crate::metrics::IMAGES_GENERATED).increment(listed.len() as u64);
+        if listed.iter().any(|e| e.get("ImageUri").is_some()) {
+            self.notifier
+                .images_generated(&job.stream, f, &cfg.format, &listed);
+        }
         if let Some(url) = &self.settings.images.webhook_url {
             let note = json!({
                 "StreamName": job.stream.name.as_str(),

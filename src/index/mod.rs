@@ -118,6 +118,10 @@ pub enum StreamUpdate {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
     },
+    /// Sets (`Some`) or removes (`None`) a configuration document of one kind (see
+    /// [`Index::put_stream_config`]) as a version-checked change
+    /// (UpdateStreamStorageConfiguration).
+    Config { kind: String, body: Option<String> },
 }
 
 /// Which timestamp a fragment query selects on.

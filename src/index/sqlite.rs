@@ -377,6 +377,23 @@ fn retire_fragment(
     })
 }
 
+/// Sets or removes one configuration document of a stream.
+fn set_config(c: &Connection, id: &str, kind: &str, body: Option<&str>) -> IndexResult<()> {
+    match body {
+        Some(b) => c.execute(
+            "INSERT INTO stream_configs (stream_id, kind, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stream_id, kind) DO UPDATE SET body = excluded.body",
+            params![id, kind, b],
+        ),
+        None => c.execute(
+            "DELETE FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
+            params![id, kind],
+        ),
+    }
+    .map_err(db_err)?;
+    Ok(())
+}
+
 fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
     match expected {
         Some(v) if v != s.version => Err(IndexError::VersionMismatch {
@@ -526,6 +543,7 @@ impl Index for SqliteIndex {
                         .map_err(db_err)?;
                     }
                 }
+                StreamUpdate::Config { kind, body } => set_config(&tx, &id, kind, body.as_deref())?,
             }
             tx.execute("UPDATE streams SET version = ?2 WHERE stream_id = ?1", params![id, new_version])
                 .map_err(db_err)?;
@@ -960,18 +978,7 @@ impl Index for SqliteIndex {
             if stream_where(&tx, STREAM_BY_ID, &id)?.is_none() {
                 return Err(IndexError::StreamNotFound(id));
             }
-            match body {
-                Some(b) => tx.execute(
-                    "INSERT INTO stream_configs (stream_id, kind, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (stream_id, kind) DO UPDATE SET body = excluded.body",
-                    params![id, kind, b],
-                ),
-                None => tx.execute(
-                    "DELETE FROM stream_configs WHERE stream_id = ?1 AND kind = ?2",
-                    params![id, kind],
-                ),
-            }
-            .map_err(db_err)?;
+            set_config(&tx, &id, &kind, body.as_deref())?;
             tx.commit().map_err(db_err)?;
             Ok(())
         })

@@ -272,6 +272,8 @@ pub struct Ingest {
     budget: Budget,
     /// Queue of the image generator (persisted fragments tagged for image generation).
     image_jobs: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::images::generation::Job>>,
+    /// Notifications of persisted fragments tagged `AWS_KINESISVIDEO_NOTIFICATION`.
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 /// Holds one PutMedia connection slot of a stream; released on drop.
@@ -294,6 +296,7 @@ impl Ingest {
             settings,
             streams: Mutex::default(),
             image_jobs: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
         }
     }
 
@@ -302,8 +305,14 @@ impl Ingest {
         let _ = self.image_jobs.set(tx);
     }
 
-    /// The image-generation job for a fragment about to be persisted, when the producer
-    /// tagged it and the generator runs (the record is cloned only then). Queue it with
+    /// Connects the notifier (once, at server start).
+    pub fn set_notifier(&self, n: crate::notify::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// The after-persist job for a fragment about to be persisted, when the producer
+    /// tagged it for image generation (and the generator runs) or for a notification (and
+    /// the notifier runs); the record is cloned only then. Hand it to
     /// [`Ingest::queue_image_job`] once the fragment is persisted.
     pub fn image_job(
         &self,
@@ -311,18 +320,29 @@ impl Ingest {
         f: &crate::index::FragmentRecord,
     ) -> Option<crate::images::generation::Job> {
         use crate::images::generation::Job;
-        (Job::wanted(f) && self.image_jobs.get().is_some()).then(|| Job {
+        let images = Job::wanted(f) && self.image_jobs.get().is_some();
+        let notify = crate::notify::wanted(f) && self.notifier.get().is_some();
+        (images || notify).then(|| Job {
             stream: stream.clone(),
             fragment: f.clone(),
         })
     }
 
-    /// Queues an image-generation job. Never waits; a full queue drops the job with a
+    /// Runs an after-persist job: sends the fragment's notification and queues its image
+    /// generation, as tagged. Never waits; a full image queue drops the job with a
     /// warning.
     pub fn queue_image_job(&self, job: crate::images::generation::Job) {
+        if let Some(n) = self.notifier.get()
+            && crate::notify::wanted(&job.fragment)
+        {
+            n.fragment_persisted(&job.stream, &job.fragment);
+        }
         let Some(tx) = self.image_jobs.get() else {
             return;
         };
+        if !crate::images::generation::Job::wanted(&job.fragment) {
+            return;
+        }
         let (name, seq) = (job.stream.name.clone(), job.fragment.seq);
         if tx.try_send(job).is_err() {
             tracing::warn!(stream = %name, fragment_seq = seq, "image generation queue full; fragment skipped");

@@ -3,6 +3,10 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod fragment_tags;
+pub mod webhook;
+
+pub use fragment_tags::tag_clusters;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
