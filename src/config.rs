@@ -190,6 +190,12 @@ pub struct HttpSettings {
     /// connections wait in the kernel's backlog) until one closes, and logs a warning at
     /// most once a minute. Default 16384.
     pub max_connections: usize,
+    /// On SIGTERM/SIGINT the server stops accepting, lets open requests finish and waits
+    /// for PutMedia sessions to persist their received fragments (and send their
+    /// PERSISTED acks) for at most this long before it closes the index and exits.
+    /// Open GetMedia streams hold a connection until then too. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -198,6 +204,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(20),
             max_connections: 16_384,
+            shutdown_drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Assembling and running the server. [`run`] is what `streamvault serve` and the tests
 //! call: it builds the components from settings (or takes injected ones through
 //! [`Server::builder`]), serves on a listener the caller bound, and on shutdown stops
-//! accepting, lets in-flight requests finish (up to a grace period), stops background
-//! tasks and closes the index cleanly.
+//! accepting, lets in-flight requests finish and PutMedia sessions persist what they
+//! received (up to `http.shutdown_drain_timeout`), stops background tasks and closes the
+//! index cleanly.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use object_store::ObjectStore;
 use tokio::net::TcpListener;
@@ -23,9 +24,6 @@ use crate::playback::Playback;
 use crate::retention::Retention;
 use crate::store::{self, FragmentStore, Keyring};
 use crate::streams::Catalog;
-
-/// How long shutdown waits for open requests before closing them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Builds a [`Server`] from settings plus optional injected components.
 #[derive(Debug)]
@@ -175,6 +173,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let gc_wake = self.gc.notify_handle();
         let stop = CancellationToken::new();
+        let sessions = tokio_util::task::TaskTracker::new();
         let images = crate::images::ImageService::new(&self.settings);
         let ingest = Arc::new(Ingest::new(self.settings.ingest.clone()));
         let notifier = crate::notify::Notifier::new(
@@ -200,6 +199,7 @@ impl Server {
             gc_wake: gc_wake.clone(),
             ingest,
             shutdown: stop.clone(),
+            sessions: sessions.clone(),
             auth: self.auth.clone(),
             playback: self.playback.clone(),
             images,
@@ -242,9 +242,14 @@ impl Server {
             "listening on {scheme}://{addr}"
         );
         let graceful = stop.clone();
+        let began = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let began_at = began.clone();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing open requests");
+            let _ = began_at.set(Instant::now());
+            tracing::info!(
+                "shutting down: no new connections; open uploads finish their open fragment and persist what they received"
+            );
             graceful.cancel();
         };
         let tls = if self.settings.tls.enabled() {
@@ -253,15 +258,26 @@ impl Server {
             None
         };
         tokio::spawn(signal);
+        let drain = self.settings.http.shutdown_drain_timeout;
         crate::listener::serve(
             listener,
             tls,
             app,
             self.settings.http.clone(),
             stop.clone(),
-            SHUTDOWN_GRACE,
+            drain,
         )
         .await;
+        // Connections are closed or timed out; a session whose client went away may still
+        // be persisting. Wait for those within what is left of the drain time.
+        sessions.close();
+        let left = drain.saturating_sub(began.get().map_or(drain, |t| t.elapsed()));
+        if tokio::time::timeout(left, sessions.wait()).await.is_err() {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "PutMedia sessions still persisting after http.shutdown_drain_timeout; exiting without them"
+            );
+        }
         stop.cancel();
         let _ = gc_task.await;
         let _ = retention_task.await;

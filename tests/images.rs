@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
+use common::fragment_tags::tag_clusters;
 use common::*;
 use serde_json::{Value, json};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use common::clients::{python_or_skip, run};
+use common::fragment_tags::tag_clusters;
 use common::webhook::Received;
 use common::*;
 use serde_json::{Value, json};

@@ -47,6 +47,8 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// PutMedia sessions still running; shutdown waits for them (bounded).
+    pub sessions: tokio_util::task::TaskTracker,
     /// Request authentication.
     pub auth: Arc<crate::auth::Auth>,
     /// GetClip/HLS/DASH state: session token signer, live-session timelines.

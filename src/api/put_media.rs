@@ -1,7 +1,13 @@
 //! `POST /putMedia`: validates the request headers (errors before the `200` are normal
 //! JSON errors), reads the first body chunk (so a client that sent
 //! `Expect: 100-continue` gets its `100 Continue` before the `200`), then answers `200`
-//! with a streamed body of acks while `ingest::session` consumes the upload.
+//! with a streamed body of acks while `ingest::session` consumes the upload. The session
+//! runs on the server's session tracker (graceful shutdown waits for it), and its end is
+//! logged once: fragments, bytes, duration, errors and why it ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +23,7 @@ use crate::auth::Access;
 use crate::auth::access::Method;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragmenter::TimecodeMode;
-use crate::ingest::ack::AckSender;
+use crate::ingest::ack::{AckSender, AckTally};
 use crate::ingest::session::{self, SessionContext};
 
 pub fn router() -> Router<AppState> {
@@ -160,6 +166,20 @@ async fn put_media(
     };
 
     let (acks, rx) = AckSender::channel(quiet);
+    let summary = SessionSummary {
+        stream: stream.name.to_string(),
+        started: Instant::now(),
+        body: Arc::default(),
+        acks: acks.tally(),
+        shutdown: state.shutdown.clone(),
+    };
+    if let Some(b) = &first {
+        summary
+            .body
+            .bytes
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+    }
+    let data = summary.body.clone().watch(data);
     let ctx = SessionContext {
         catalog: state.catalog.clone(),
         ingest: state.ingest.clone(),
@@ -171,9 +191,10 @@ async fn put_media(
         shutdown: state.shutdown.clone(),
     };
     tracing::info!(stream = %stream.name, ?mode, acks = !quiet, "PutMedia session started");
-    tokio::spawn(async move {
+    state.sessions.spawn(async move {
         session::run(ctx, first, data).await;
         drop(guard);
+        summary.log();
     });
     let stream_body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -188,9 +209,108 @@ async fn put_media(
     Ok(resp)
 }
 
+/// What the request body did, seen from outside the session.
+#[derive(Debug, Default)]
+struct BodyWatch {
+    bytes: AtomicU64,
+    /// 0 while open, then [`BODY_ENDED`] or [`BODY_FAILED`].
+    end: AtomicU8,
+}
+
+const BODY_ENDED: u8 = 1;
+const BODY_FAILED: u8 = 2;
+
+impl BodyWatch {
+    /// The body stream, counting its bytes and noting how it ends.
+    fn watch<S>(
+        self: Arc<Self>,
+        mut body: S,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+    {
+        futures::stream::poll_fn(move |cx| {
+            let item = futures::ready!(body.poll_next_unpin(cx));
+            match &item {
+                Some(Ok(b)) => {
+                    self.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                Some(Err(_)) => self.end.store(BODY_FAILED, Ordering::Relaxed),
+                None => self.end.store(BODY_ENDED, Ordering::Relaxed),
+            }
+            std::task::Poll::Ready(item)
+        })
+    }
+}
+
+/// The one log line of a finished PutMedia session.
+struct SessionSummary {
+    stream: String,
+    started: Instant,
+    body: Arc<BodyWatch>,
+    acks: Arc<AckTally>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl SessionSummary {
+    /// Why the session ended, from what was observed: the body's end, the server's
+    /// shutdown, the last ERROR ack, else the idle timeout.
+    fn reason(&self) -> String {
+        let last_error = self.acks.last_error_id.load(Ordering::Relaxed);
+        match self.body.end.load(Ordering::Relaxed) {
+            BODY_ENDED => "upload complete".into(),
+            BODY_FAILED => "connection failed".into(),
+            _ if self.shutdown.is_cancelled() => "server shutdown".into(),
+            _ if last_error != 0 => format!("error (ErrorId {last_error})"),
+            _ => "idle timeout".into(),
+        }
+    }
+
+    fn log(&self) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::info!(
+            stream = %self.stream,
+            fragments_received = load(&self.acks.received),
+            fragments_persisted = load(&self.acks.persisted),
+            errors = load(&self.acks.errors),
+            bytes = load(&self.body.bytes),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            reason = %self.reason(),
+            "PutMedia session ended"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_summary_counts_body_bytes_and_names_the_end() {
+        let watch = Arc::new(BodyWatch::default());
+        let chunks: Vec<Result<bytes::Bytes, axum::Error>> = vec![
+            Ok(bytes::Bytes::from_static(b"abc")),
+            Ok(bytes::Bytes::from_static(b"de")),
+        ];
+        let mut s = watch.clone().watch(futures::stream::iter(chunks));
+        while s.next().await.is_some() {}
+        let (tally, shutdown) = (Arc::new(AckTally::default()), Default::default());
+        let summary = SessionSummary {
+            stream: "s".into(),
+            started: Instant::now(),
+            body: watch,
+            acks: tally.clone(),
+            shutdown,
+        };
+        assert_eq!(summary.body.bytes.load(Ordering::Relaxed), 5);
+        assert_eq!(summary.reason(), "upload complete");
+        summary.body.end.store(0, Ordering::Relaxed);
+        assert_eq!(summary.reason(), "idle timeout");
+        tally.last_error_id.store(4002, Ordering::Relaxed);
+        assert_eq!(summary.reason(), "error (ErrorId 4002)");
+        summary.shutdown.cancel();
+        assert_eq!(summary.reason(), "server shutdown");
+    }
 
     #[test]
     fn start_timestamps() {

@@ -16,10 +16,18 @@ pub mod put;
 
 use crate::config::Settings;
 
+/// `--version`: the package version and the git commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "streamvault",
-    version,
+    version = VERSION,
     about = "Self-hosted, wire-compatible Kinesis Video Streams"
 )]
 struct Cli {

@@ -4,6 +4,9 @@
 //! as its own HTTP chunk. Sending never blocks ingest: when the client does not read
 //! (ffmpeg never does), acks beyond a bounded queue are dropped and counted.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -67,6 +70,33 @@ impl Ack {
 pub struct AckSender {
     tx: mpsc::Sender<Bytes>,
     quiet: bool,
+    tally: Arc<AckTally>,
+}
+
+/// What a session acknowledged, counted whether or not the acks reach the client (for
+/// the log line at the end of a PutMedia session).
+#[derive(Debug, Default)]
+pub struct AckTally {
+    pub received: AtomicU64,
+    pub persisted: AtomicU64,
+    pub errors: AtomicU64,
+    /// `ErrorId` of the last ERROR ack (0: none).
+    pub last_error_id: AtomicU64,
+}
+
+impl AckTally {
+    fn count(&self, ack: &Ack) {
+        match ack {
+            Ack::Received { .. } => self.received.fetch_add(1, Ordering::Relaxed),
+            Ack::Persisted { .. } => self.persisted.fetch_add(1, Ordering::Relaxed),
+            Ack::Error { error_id, .. } => {
+                self.last_error_id
+                    .store(u64::from(*error_id), Ordering::Relaxed);
+                self.errors.fetch_add(1, Ordering::Relaxed)
+            }
+            Ack::Buffering { .. } | Ack::Idle => 0,
+        };
+    }
 }
 
 impl AckSender {
@@ -80,11 +110,18 @@ impl AckSender {
     /// 1 KiB of response before closing, which covers the response head alone.
     pub fn channel(quiet: bool) -> (Self, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { tx, quiet }, rx)
+        let tally = Arc::default();
+        (Self { tx, quiet, tally }, rx)
+    }
+
+    /// The counts of what this stream of acks has acknowledged so far.
+    pub fn tally(&self) -> Arc<AckTally> {
+        self.tally.clone()
     }
 
     /// Queues an ack; drops it when the client is not reading or is gone.
     pub fn send(&self, ack: Ack) {
+        self.tally.count(&ack);
         if self.quiet {
             return;
         }
@@ -97,6 +134,31 @@ impl AckSender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tally_counts_even_in_quiet_mode() {
+        let (a, _rx) = AckSender::channel(true);
+        let n = FragmentNumber::new(1, 1);
+        a.send(Ack::Received {
+            timecode: 1,
+            number: n,
+        });
+        a.send(Ack::Persisted {
+            timecode: 1,
+            number: n,
+        });
+        a.send(Ack::Error {
+            timecode: None,
+            number: None,
+            error_id: 4002,
+        });
+        a.send(Ack::Idle);
+        let t = a.tally();
+        assert_eq!(t.received.load(Ordering::Relaxed), 1);
+        assert_eq!(t.persisted.load(Ordering::Relaxed), 1);
+        assert_eq!(t.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(t.last_error_id.load(Ordering::Relaxed), 4002);
+    }
 
     #[test]
     fn lines_match_the_sdk_format() {

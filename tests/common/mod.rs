@@ -6,8 +6,6 @@ pub mod clients;
 pub mod fragment_tags;
 pub mod webhook;
 
-pub use fragment_tags::tag_clusters;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
