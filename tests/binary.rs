@@ -3,6 +3,8 @@
 //! that got a RECEIVED ack before the signal either gets its PERSISTED ack before the
 //! process exits, or, re-sent by its camera after a restart, is stored once; no fragment
 //! is stored twice; the process exits 0 and logs one line per ended PutMedia session.
+//! `streamvault put` and `streamvault images` draw progress on a terminal (a pty from
+//! `script`) and print none when standard error is a pipe.
 
 mod common;
 
@@ -50,6 +52,101 @@ fn version_names_the_commit() {
             "{text} vs {commit}"
         );
     }
+}
+
+/// Runs the binary with `args` against `srv`: with stderr piped, or (`tty`) under
+/// `script`, which gives it a terminal and copies what it draws to its stdout. Returns
+/// (success, everything it wrote to stderr / the terminal).
+async fn client(srv: &TestServer, args: &[&str], tty: bool) -> (bool, String) {
+    let mut cmd = if tty {
+        let line: Vec<String> = std::iter::once(binary().to_owned())
+            .chain(args.iter().map(|a| format!("'{a}'")))
+            .collect();
+        let mut c = Command::new("script");
+        c.args(["-qefc", &line.join(" "), "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new(binary());
+        c.args(args);
+        c
+    };
+    let out = cmd
+        .env("STREAMVAULT_ENDPOINT", srv.url())
+        .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = if tty { out.stdout } else { out.stderr };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_images_show_progress_on_a_terminal_only() {
+    if !have_tool("script") {
+        return;
+    }
+    let srv = TestServer::start().await;
+    srv.create_stream("cam-p", 1).await;
+    srv.create_stream("cam-q", 1).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), sample("h264_720p_gop1s.mkv")).unwrap();
+    let path = file.path().to_str().unwrap();
+    let start = "--start-timestamp=1795600000";
+    let (ok, term) = client(&srv, &["put", "--stream", "cam-p", start, path], true).await;
+    assert!(ok, "{term}");
+    assert!(
+        term.contains("fragments persisted, ack latency"),
+        "{term:?}"
+    );
+    assert!(term.contains(" sent ("), "bytes and rate: {term:?}");
+    assert!(term.contains("done: "), "{term:?}");
+    let (ok, piped) = client(&srv, &["put", "--stream", "cam-q", start, path], false).await;
+    assert!(ok, "{piped}");
+    assert_eq!(
+        piped.lines().count(),
+        1,
+        "only the summary when piped: {piped:?}"
+    );
+    assert!(piped.starts_with("done: "), "{piped:?}");
+    assert!(
+        !piped.contains('\r') && !piped.contains('\u{1b}'),
+        "{piped:?}"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().to_str().unwrap();
+    let images = [
+        "images",
+        "--stream",
+        "cam-p",
+        "--from",
+        "1795600000",
+        "--to",
+        "1795600004",
+        "--every",
+        "1s",
+        "--width",
+        "64",
+        "-o",
+        o,
+    ];
+    let (ok, term) = client(&srv, &images, true).await;
+    assert!(ok, "{term}");
+    assert!(term.contains("instants ("), "{term:?}");
+    let (ok, piped) = client(&srv, &images, false).await;
+    assert!(ok, "{piped}");
+    assert_eq!(
+        piped.lines().count(),
+        1,
+        "only the summary when piped: {piped:?}"
+    );
+    assert!(piped.contains("images and index.json written"), "{piped:?}");
 }
 
 /// One run of `streamvault serve` with the test key, logging to `log`.

@@ -3,7 +3,6 @@
 //! numbered image files plus `index.json` (timestamp → file, or the error of instants
 //! without an image) into a directory.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,7 +92,7 @@ pub async fn images(a: ImagesArgs) -> anyhow::Result<()> {
         Selector::Server => "SERVER_TIMESTAMP",
     };
     let client = reqwest::Client::new();
-    let tty = std::io::stderr().is_terminal();
+    let progress = super::progress::Progress::instants(total as u64);
     let mut entries = Vec::with_capacity(total as usize);
     let (mut written, mut missing) = (0u64, 0u64);
     let mut window_start = 0i64;
@@ -157,16 +156,8 @@ pub async fn images(a: ImagesArgs) -> anyhow::Result<()> {
                 }
                 entries.push(e);
             }
-            let line = format!(
-                "images: {}/{total} ({written} written, {missing} without image)",
-                entries.len()
-            );
-            if tty {
-                eprint!("\r{line}");
-                let _ = std::io::stderr().flush();
-            } else {
-                eprintln!("{line}");
-            }
+            progress.set_position(entries.len() as u64);
+            progress.set_message(format!("{written} written, {missing} without image"));
             match v["NextToken"].as_str() {
                 Some(t) => body["NextToken"] = json!(t),
                 None => break,
@@ -174,9 +165,7 @@ pub async fn images(a: ImagesArgs) -> anyhow::Result<()> {
         }
         window_start += n;
     }
-    if tty {
-        eprintln!();
-    }
+    progress.finish();
     let index = json!({
         "stream": a.stream,
         "selector": selector,

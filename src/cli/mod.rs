@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod consume;
 pub mod images;
+pub mod progress;
 pub mod put;
 
 use crate::config::Settings;

@@ -2,7 +2,8 @@
 //! and `streamvault presign`, which mints presigned URLs for producers that cannot sign.
 //!
 //! `put` reads MKV from a file or standard input, signs like the KVS C producer, shows
-//! progress and ERROR acks, and survives a dropped connection: it reconnects, re-sends
+//! progress (bytes, rate, fragments persisted, ack latency; on a terminal only, see
+//! `cli::progress`) and ERROR acks, and survives a dropped connection: it reconnects, re-sends
 //! the header elements, then every cluster not yet covered by a PERSISTED ack. A
 //! PERSISTED ack for a fragment starting at timecode T covers every cluster whose
 //! timecode is ≤ T (fragments persist in order). Where the server cut a cluster into
@@ -10,7 +11,6 @@
 //! re-upload de-duplication recognises identical fragments.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
@@ -218,30 +218,24 @@ impl Splitter {
 }
 
 struct Progress {
-    started: Instant,
     bytes: u64,
     persisted: u64,
     last_latency_ms: Option<u128>,
-    last_print: Instant,
+    display: super::progress::Progress,
 }
 
 impl Progress {
-    fn show(&mut self, force: bool) {
-        if !force && self.last_print.elapsed() < Duration::from_millis(500) {
-            return;
-        }
-        self.last_print = Instant::now();
-        let mb = self.bytes as f64 / 1e6;
+    /// Updates the display (drawn on a terminal only).
+    fn show(&self) {
         let lat = self
             .last_latency_ms
             .map(|l| format!("{l} ms"))
             .unwrap_or_else(|| "-".into());
-        eprint!(
-            "\r{mb:9.2} MB sent  {:6} fragments persisted  ack latency {lat:>8}  {:5.0} s ",
-            self.persisted,
-            self.started.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
+        self.display.set_position(self.bytes);
+        self.display.set_message(format!(
+            "{} fragments persisted, ack latency {lat}",
+            self.persisted
+        ));
     }
 }
 
@@ -283,11 +277,10 @@ pub async fn put(a: PutArgs) -> anyhow::Result<()> {
     let mut input_done = false;
     let mut failures = 0;
     let mut progress = Progress {
-        started: Instant::now(),
         bytes: 0,
         persisted: 0,
         last_latency_ms: None,
-        last_print: Instant::now(),
+        display: super::progress::Progress::upload(),
     };
     loop {
         let outcome = session(
@@ -307,21 +300,26 @@ pub async fn put(a: PutArgs) -> anyhow::Result<()> {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
-                eprintln!("\nupload interrupted: {e:#}");
+                progress
+                    .display
+                    .println(&format!("upload interrupted: {e:#}"));
                 if failures > a.retries {
                     bail!("giving up after {} attempts", failures);
                 }
             }
         }
         let wait = Duration::from_millis(500 * u64::from(failures.clamp(1, 10)));
-        eprintln!(
+        progress.display.println(&format!(
             "reconnecting in {wait:?}; resending {} clusters not yet persisted",
             pending.len()
-        );
+        ));
         tokio::time::sleep(wait).await;
     }
-    progress.show(true);
-    eprintln!("\ndone: {} fragments persisted", progress.persisted);
+    progress.display.finish();
+    eprintln!(
+        "done: {} fragments persisted, {} bytes sent",
+        progress.persisted, progress.bytes
+    );
     reader.await??;
     Ok(())
 }
@@ -495,13 +493,13 @@ async fn session(
                                 pending.pop_front();
                             }
                         }
-                        "ERROR" => eprintln!(
-                            "\nERROR ack: ErrorId {} for fragment {} (timecode {})",
+                        "ERROR" => progress.display.println(&format!(
+                            "ERROR ack: ErrorId {} for fragment {} (timecode {})",
                             ack["ErrorId"], if number.is_empty() { "-" } else { &number }, ack["FragmentTimecode"]
-                        ),
+                        )),
                         _ => {}
                     }
-                    progress.show(false);
+                    progress.show();
                 }
             }
         }
