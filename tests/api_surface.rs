@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::clients::{python_or_skip, run};
+use common::clients::{BOTO3_PRELUDE, python_or_skip, run};
 use common::*;
 use serde_json::Value;
-use streamvault::config::{KeySpec, Secret};
 use streamvault::operations::OPERATIONS;
 use tokio::process::Command;
 
@@ -185,10 +184,8 @@ async fn the_arn_partition_follows_the_region() {
     }
 }
 
+/// Follows [`BOTO3_PRELUDE`].
 const BOTO3_TAGS: &str = r#"
-import json, sys
-import boto3
-kv = boto3.client("kinesisvideo", endpoint_url=sys.argv[1], region_name="us-east-1")
 arn = kv.create_stream(StreamName="tag-cam", DataRetentionInHours=1,
                        Tags={"site": "north"})["StreamARN"]
 kv.tag_resource(ResourceARN=arn, Tags=[{"Key": "owner", "Value": "team a"},
@@ -198,13 +195,6 @@ kv.tag_stream(StreamName="tag-cam", Tags={"floor": "2"})
 via_stream = kv.list_tags_for_stream(StreamARN=arn)["Tags"]
 kv.untag_resource(ResourceARN=arn, TagKeyList=["owner", "absent"])
 after_untag = kv.list_tags_for_resource(ResourceARN=arn)["Tags"]
-errors = {}
-def err(label, f, **kw):
-    try:
-        f(**kw)
-        errors[label] = None
-    except kv.exceptions.ClientError as e:
-        errors[label] = e.response["Error"]["Code"]
 err("too_many", kv.tag_resource, ResourceARN=arn,
     Tags=[{"Key": "k%d" % i, "Value": ""} for i in range(49)])
 err("missing", kv.list_tags_for_resource,
@@ -217,7 +207,8 @@ print(json.dumps({"after_tag": after_tag, "via_stream": via_stream,
 #[tokio::test]
 async fn boto3_resource_tagging_round_trip() {
     let srv = TestServer::start().await;
-    let Some(out) = boto3(BOTO3_TAGS, &srv.url()).await else {
+    let script = format!("{BOTO3_PRELUDE}{BOTO3_TAGS}");
+    let Some(out) = boto3(&script, &srv.url()).await else {
         return;
     };
     assert_eq!(
@@ -251,12 +242,7 @@ async fn boto3_resource_tagging_round_trip() {
 #[tokio::test]
 async fn a_limited_key_cannot_tag_another_stream() {
     let srv = TestServer::start_with(|s| {
-        s.auth.keys.push(KeySpec {
-            access_key_id: LIMITED.0.into(),
-            secret_access_key: Secret(LIMITED.1.into()),
-            actions: vec!["kinesisvideo:*".into()],
-            streams: vec!["cam-*".into()],
-        });
+        s.auth.keys.push(limited_key(LIMITED, &["cam-*"]));
     })
     .await;
     srv.create_stream("cam-1", 1).await;

@@ -11,29 +11,21 @@ mod common;
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
-use common::clients::{python_or_skip, run};
+use common::clients::{BOTO3_PRELUDE, python_or_skip, run};
 use common::fragment_tags::tag_clusters;
 use common::webhook::Received;
 use common::*;
 use serde_json::{Value, json};
-use streamvault::config::{KeySpec, Secret};
+use streamvault::config::Secret;
 use tokio::process::Command;
 
 const SECRET: &str = "webhook-secret-for-the-test-0123";
 const LIMITED: (&str, &str) = ("LIMITEDCFGKEY1", "limitedcfgsecretlimitedcfgsecret");
 
+/// Follows [`BOTO3_PRELUDE`]; `argv[2]` is the webhook URL.
 const BOTO3_CONFIG: &str = r#"
-import json, sys
-import boto3
-kv = boto3.client("kinesisvideo", endpoint_url=sys.argv[1], region_name="us-east-1")
 hook = sys.argv[2]
-out, errors = {}, {}
-def err(label, f, **kw):
-    try:
-        f(**kw)
-        errors[label] = None
-    except kv.exceptions.ClientError as e:
-        errors[label] = e.response["Error"]["Code"]
+out = {}
 arn = kv.create_stream(StreamName="cfg-cam", DataRetentionInHours=1,
                        StreamStorageConfiguration={"DefaultStorageTier": "WARM"})["StreamARN"]
 kv.create_stream(StreamName="plain-cam", DataRetentionInHours=1)
@@ -118,7 +110,8 @@ async fn boto3_configuration_round_trips_and_a_signed_notification_for_a_tagged_
         return;
     };
     let mut cmd = Command::new(&python);
-    cmd.args(["-c", BOTO3_CONFIG, &srv.url(), &hook]);
+    let script = format!("{BOTO3_PRELUDE}{BOTO3_CONFIG}");
+    cmd.args(["-c", &script, &srv.url(), &hook]);
     let r = run(cmd, "boto3 script").await;
     assert!(
         r.ok,
@@ -265,12 +258,7 @@ async fn boto3_configuration_round_trips_and_a_signed_notification_for_a_tagged_
 async fn a_limited_key_cannot_configure_another_stream() {
     let srv = TestServer::start_with(|s| {
         s.notifications.webhook_secret = Some(Secret(SECRET.into()));
-        s.auth.keys.push(KeySpec {
-            access_key_id: LIMITED.0.into(),
-            secret_access_key: Secret(LIMITED.1.into()),
-            actions: vec!["kinesisvideo:*".into()],
-            streams: vec!["cam-*".into()],
-        });
+        s.auth.keys.push(limited_key(LIMITED, &["cam-*"]));
     })
     .await;
     srv.create_stream("cam-1", 1).await;

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::archived::require_retention;
-use super::control::StorageConfigInput;
+use super::control::{StorageConfigInput, required_version};
 use super::json::KvsJson;
+use super::stream_ref::StreamRef;
 use crate::auth::Access;
 use crate::error::{Error, ErrorKind, Result};
-use crate::index::StreamRecord;
 use crate::model;
 use crate::notify;
 
@@ -41,28 +41,6 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct StreamRef {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-}
-
-impl StreamRef {
-    async fn resolve(&self, state: &AppState, access: &Access) -> Result<StreamRecord> {
-        state
-            .catalog
-            .resolve(
-                access,
-                self.stream_name.as_deref(),
-                self.stream_arn.as_deref(),
-                ErrorKind::InvalidArgument,
-            )
-            .await
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
 struct UpdateStorageInput {
     #[serde(flatten)]
     stream: StreamRef,
@@ -75,14 +53,15 @@ async fn update_storage(
     access: Access,
     KvsJson(i): KvsJson<UpdateStorageInput>,
 ) -> Result<Json<Value>> {
-    let version = i
-        .current_version
-        .ok_or_else(|| Error::invalid("CurrentVersion is required"))?;
+    let version = required_version(i.current_version)?;
     let cfg = i
         .stream_storage_configuration
         .ok_or_else(|| Error::invalid("StreamStorageConfiguration is required"))?;
     let tier = model::check_storage_tier(cfg.default_storage_tier.as_deref())?;
-    let s = i.stream.resolve(&state, &access).await?;
+    let s = i
+        .stream
+        .resolve(&state, &access, ErrorKind::InvalidArgument)
+        .await?;
     state.catalog.set_storage_tier(&s, &version, &tier).await?;
     Ok(Json(json!({})))
 }
@@ -92,7 +71,9 @@ async fn describe_storage(
     access: Access,
     KvsJson(i): KvsJson<StreamRef>,
 ) -> Result<Json<Value>> {
-    let s = i.resolve(&state, &access).await?;
+    let s = i
+        .resolve(&state, &access, ErrorKind::InvalidArgument)
+        .await?;
     let tier = state.catalog.storage_tier(&s).await?;
     Ok(Json(json!({
         "StreamName": s.name.as_str(),
@@ -139,7 +120,10 @@ async fn update_notification(
             notify::validate(n.status, d.uri, &state.settings.notifications)
         })
         .transpose()?;
-    let s = i.stream.resolve(&state, &access).await?;
+    let s = i
+        .stream
+        .resolve(&state, &access, ErrorKind::InvalidArgument)
+        .await?;
     let body = match cfg {
         Some(c) => {
             if c.status == "ENABLED" {
@@ -162,7 +146,9 @@ async fn describe_notification(
     access: Access,
     KvsJson(i): KvsJson<StreamRef>,
 ) -> Result<Json<Value>> {
-    let s = i.resolve(&state, &access).await?;
+    let s = i
+        .resolve(&state, &access, ErrorKind::InvalidArgument)
+        .await?;
     let stored = state
         .catalog
         .index()

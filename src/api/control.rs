@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::json::KvsJson;
+use super::stream_ref::StreamRef;
 use crate::auth::Access;
 use crate::clock::epoch_secs_json;
 use crate::error::{Error, ErrorKind, Result};
@@ -115,27 +116,13 @@ async fn create_stream(
     Ok(Json(json!({ "StreamARN": state.catalog.arn(&s) })))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct StreamRef {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
-}
-
 async fn describe_stream(
     State(state): State<AppState>,
     access: Access,
     KvsJson(i): KvsJson<StreamRef>,
 ) -> Result<Json<Value>> {
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidArgument,
-        )
+    let s = i
+        .resolve(&state, &access, ErrorKind::InvalidArgument)
         .await?;
     Ok(Json(json!({ "StreamInfo": stream_info(&state, &s) })))
 }
@@ -230,7 +217,7 @@ struct UpdateStreamInput {
     media_type: Option<String>,
 }
 
-fn required_version(v: Option<String>) -> Result<String> {
+pub(super) fn required_version(v: Option<String>) -> Result<String> {
     v.ok_or_else(|| Error::invalid("CurrentVersion is required"))
 }
 

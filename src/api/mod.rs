@@ -13,6 +13,7 @@ pub mod json;
 pub mod media;
 pub mod playback;
 pub mod put_media;
+pub mod stream_ref;
 pub mod tagging;
 
 use std::sync::Arc;

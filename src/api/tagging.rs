@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::control::decode_token;
 use super::json::KvsJson;
+use super::stream_ref::StreamRef;
 use crate::auth::Access;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{StreamRecord, StreamUpdate};
@@ -103,9 +104,8 @@ fn list_tags(s: StreamRecord, next_token: Option<&str>) -> Result<Json<Value>> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct TagStreamInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
+    #[serde(flatten)]
+    stream: StreamRef,
     tags: Option<BTreeMap<String, String>>,
 }
 
@@ -116,14 +116,9 @@ async fn tag_stream(
 ) -> Result<Json<Value>> {
     let tags = i.tags.ok_or_else(|| Error::invalid("Tags is required"))?;
     model::check_tags(&tags)?;
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
+    let s = i
+        .stream
+        .resolve(&state, &access, ErrorKind::InvalidResourceFormat)
         .await?;
     apply_tags(&state, &s, tags).await?;
     Ok(Json(json!({})))
@@ -132,9 +127,8 @@ async fn tag_stream(
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct UntagStreamInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
+    #[serde(flatten)]
+    stream: StreamRef,
     tag_key_list: Option<Vec<String>>,
 }
 
@@ -144,14 +138,9 @@ async fn untag_stream(
     KvsJson(i): KvsJson<UntagStreamInput>,
 ) -> Result<Json<Value>> {
     let keys = check_key_list(i.tag_key_list)?;
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
+    let s = i
+        .stream
+        .resolve(&state, &access, ErrorKind::InvalidResourceFormat)
         .await?;
     remove_tags(&state, &s, keys).await?;
     Ok(Json(json!({})))
@@ -160,9 +149,8 @@ async fn untag_stream(
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct ListTagsInput {
-    stream_name: Option<String>,
-    #[serde(rename = "StreamARN")]
-    stream_arn: Option<String>,
+    #[serde(flatten)]
+    stream: StreamRef,
     next_token: Option<String>,
 }
 
@@ -171,14 +159,9 @@ async fn list_tags_for_stream(
     access: Access,
     KvsJson(i): KvsJson<ListTagsInput>,
 ) -> Result<Json<Value>> {
-    let s = state
-        .catalog
-        .resolve(
-            &access,
-            i.stream_name.as_deref(),
-            i.stream_arn.as_deref(),
-            ErrorKind::InvalidResourceFormat,
-        )
+    let s = i
+        .stream
+        .resolve(&state, &access, ErrorKind::InvalidResourceFormat)
         .await?;
     list_tags(s, i.next_token.as_deref())
 }

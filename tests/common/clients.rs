@@ -136,3 +136,19 @@ pub async fn python_or_skip() -> Option<OsString> {
     )
     .await
 }
+
+/// The start of the boto3 scripts: `kv`, a kinesisvideo client for the endpoint in
+/// `argv[1]`, and `err(label, f, **kw)`, which calls `f` and records the error code it
+/// raised (or `None`) in `errors[label]`.
+pub const BOTO3_PRELUDE: &str = r#"
+import json, sys
+import boto3
+kv = boto3.client("kinesisvideo", endpoint_url=sys.argv[1], region_name="us-east-1")
+errors = {}
+def err(label, f, **kw):
+    try:
+        f(**kw)
+        errors[label] = None
+    except kv.exceptions.ClientError as e:
+        errors[label] = e.response["Error"]["Code"]
+"#;

@@ -208,6 +208,17 @@ impl TestServer {
     }
 }
 
+/// A key allowed every action (`kinesisvideo:*`) on the streams matching `streams` only:
+/// the attacker of the authorization tests.
+pub fn limited_key(key: (&str, &str), streams: &[&str]) -> streamvault::config::KeySpec {
+    streamvault::config::KeySpec {
+        access_key_id: key.0.into(),
+        secret_access_key: streamvault::config::Secret(key.1.into()),
+        actions: vec!["kinesisvideo:*".into()],
+        streams: streams.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 /// Minimal HTTP/1.1 request over a TCP socket (no client crate needed).
 pub async fn raw_http(
     addr: SocketAddr,
