@@ -296,8 +296,8 @@ pub struct IngestSettings {
     pub max_tracks: usize,
     /// Most fragment-metadata tags per fragment (ErrorId 4009). Default 10.
     pub max_metadata_tags: usize,
-    /// Concurrent PutMedia connections per stream; one more answers
-    /// `ConnectionLimitExceededException`. Default 1.
+    /// Concurrent PutMedia connections per stream; one more is accepted and ends the
+    /// oldest (the newest connection wins, as on AWS). Default 1.
     pub max_connections_per_stream: usize,
     /// Per-stream ingest rate cap in bytes/s; 0 turns it off. Default 12,500,000.
     pub max_bytes_per_second: u64,

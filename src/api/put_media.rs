@@ -146,9 +146,9 @@ async fn put_media(
             )));
         }
     };
-    let (runtime, guard) = state
+    let conn = state
         .ingest
-        .connect(&stream.stream_id, stream.name.as_str())?;
+        .connect(&stream.stream_id, stream.name.as_str());
     let key = state.catalog.data_key(&stream)?;
 
     // Reading the first chunk makes hyper answer `Expect: 100-continue` before our 200.
@@ -163,17 +163,18 @@ async fn put_media(
     let ctx = SessionContext {
         catalog: state.catalog.clone(),
         ingest: state.ingest.clone(),
-        runtime,
+        runtime: conn.runtime,
         stream: stream.clone(),
         key,
         mode,
         acks,
         shutdown: state.shutdown.clone(),
+        superseded: conn.superseded,
     };
     tracing::info!(stream = %stream.name, ?mode, acks = !quiet, "PutMedia session started");
     tokio::spawn(async move {
         session::run(ctx, first, data).await;
-        drop(guard);
+        drop(conn.guard);
     });
     let stream_body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()

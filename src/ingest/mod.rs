@@ -11,7 +11,7 @@ pub mod reader_queue;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,7 +151,9 @@ impl LiveState {
 /// Runtime state of one stream.
 #[derive(Debug)]
 pub struct StreamRuntime {
-    connections: AtomicUsize,
+    /// Open PutMedia connections, oldest first: (connection id, ends it when a newer
+    /// connection supersedes it).
+    uploads: Mutex<VecDeque<(u64, CancellationToken)>>,
     readers: AtomicUsize,
     rate: Mutex<TokenBucket>,
     seq: tokio::sync::Mutex<SeqBlock>,
@@ -276,14 +278,33 @@ pub struct Ingest {
 
 /// Holds one PutMedia connection slot of a stream; released on drop.
 #[derive(Debug)]
-pub struct ConnectionGuard(Arc<StreamRuntime>);
+pub struct ConnectionGuard {
+    runtime: Arc<StreamRuntime>,
+    id: u64,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.runtime
+            .uploads
+            .lock()
+            .expect("uploads")
+            .retain(|(id, _)| *id != self.id);
         metrics::gauge!(crate::metrics::INGEST_SESSIONS).decrement(1.0);
     }
 }
+
+/// An admitted PutMedia connection.
+#[derive(Debug)]
+pub struct Connection {
+    pub runtime: Arc<StreamRuntime>,
+    pub guard: ConnectionGuard,
+    /// Cancelled when a newer PutMedia connection for the stream takes this one's place.
+    pub superseded: CancellationToken,
+}
+
+/// Connection ids (process-wide; only compared within one stream).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 impl Ingest {
     pub fn new(settings: IngestSettings) -> Self {
@@ -335,7 +356,7 @@ impl Ingest {
         m.entry(stream_id.to_owned())
             .or_insert_with(|| {
                 Arc::new(StreamRuntime {
-                    connections: AtomicUsize::new(0),
+                    uploads: Mutex::default(),
                     readers: AtomicUsize::new(0),
                     state: Mutex::default(),
                     deleted: CancellationToken::new(),
@@ -363,26 +384,39 @@ impl Ingest {
             .remove(stream_id);
     }
 
-    /// Takes a connection slot or fails with `ConnectionLimitExceededException`.
-    pub fn connect(
-        &self,
-        stream_id: &str,
-        stream_name: &str,
-    ) -> Result<(Arc<StreamRuntime>, ConnectionGuard)> {
-        let rt = self.runtime(stream_id);
-        let max = self.settings.max_connections_per_stream;
-        let prev = rt.connections.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(crate::metrics::INGEST_SESSIONS).increment(1.0);
-        let guard = ConnectionGuard(rt.clone());
-        if prev >= max {
-            return Err(Error::new(
-                ErrorKind::ConnectionLimitExceeded,
-                format!(
-                    "too many PutMedia connections for this stream: stream={stream_name} max={max}"
-                ),
-            ));
+    /// Admits a PutMedia connection. The newest connection wins, as on AWS ("the last
+    /// connection is accepted"): at `max_connections_per_stream` open connections, the
+    /// oldest is superseded (its token is cancelled: it stops reading, persists what it
+    /// completed and ends; its open fragment is dropped and the producer re-sends it,
+    /// which the re-upload check absorbs). So a camera whose old connection is half-open
+    /// behind a NAT can come back at once.
+    pub fn connect(&self, stream_id: &str, stream_name: &str) -> Connection {
+        let runtime = self.runtime(stream_id);
+        let max = self.settings.max_connections_per_stream.max(1);
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        let superseded = CancellationToken::new();
+        let mut evicted = Vec::new();
+        {
+            let mut uploads = runtime.uploads.lock().expect("uploads");
+            while uploads.len() >= max {
+                evicted.extend(uploads.pop_front());
+            }
+            uploads.push_back((id, superseded.clone()));
         }
-        Ok((rt, guard))
+        for (_, old) in evicted {
+            tracing::info!(stream = %stream_name, "a newer PutMedia connection replaces the oldest open one");
+            metrics::counter!(crate::metrics::INGEST_SESSIONS_SUPERSEDED).increment(1);
+            old.cancel();
+        }
+        metrics::gauge!(crate::metrics::INGEST_SESSIONS).increment(1.0);
+        Connection {
+            guard: ConnectionGuard {
+                runtime: runtime.clone(),
+                id,
+            },
+            runtime,
+            superseded,
+        }
     }
 
     /// The memory budget.
@@ -432,12 +466,38 @@ mod tests {
     }
 
     #[test]
-    fn connection_limit() {
+    fn the_newest_connection_wins() {
         let ing = Ingest::new(IngestSettings::default());
-        let (_rt, g1) = ing.connect("s", "cam").unwrap();
-        let e = ing.connect("s", "cam").unwrap_err();
-        assert_eq!(e.kind, ErrorKind::ConnectionLimitExceeded);
-        drop(g1);
-        assert!(ing.connect("s", "cam").is_ok());
+        let c1 = ing.connect("s", "cam");
+        let c2 = ing.connect("s", "cam");
+        assert!(
+            c1.superseded.is_cancelled(),
+            "the older connection is ended"
+        );
+        assert!(!c2.superseded.is_cancelled());
+        // The superseded one leaving does not end the newer one.
+        drop(c1);
+        assert!(!c2.superseded.is_cancelled());
+        let other = ing.connect("t", "cam2");
+        assert!(
+            !c2.superseded.is_cancelled(),
+            "other streams are unaffected"
+        );
+        drop(c2);
+        let c3 = ing.connect("s", "cam");
+        assert!(!c3.superseded.is_cancelled());
+        assert!(!other.superseded.is_cancelled());
+        // With a limit of 2, the third evicts only the oldest.
+        let ing = Ingest::new(IngestSettings {
+            max_connections_per_stream: 2,
+            ..IngestSettings::default()
+        });
+        let (a, b, c) = (
+            ing.connect("s", "x"),
+            ing.connect("s", "x"),
+            ing.connect("s", "x"),
+        );
+        assert!(a.superseded.is_cancelled());
+        assert!(!b.superseded.is_cancelled() && !c.superseded.is_cancelled());
     }
 }

@@ -53,6 +53,9 @@ pub struct SessionContext {
     pub acks: AckSender,
     /// Server shutdown: finish the open fragment, persist, end.
     pub shutdown: CancellationToken,
+    /// A newer PutMedia connection for the stream took this one's place: stop reading,
+    /// drop the open fragment (the producer re-sends it), persist what was completed, end.
+    pub superseded: CancellationToken,
 }
 
 enum Job {
@@ -120,6 +123,12 @@ where
                 tracing::info!(stream = %ctx.stream.name, "server shutting down: closing upload after its open fragment");
                 d.fragmenter.close_open_fragment();
                 d.drain().await;
+                break;
+            }
+            _ = ctx.superseded.cancelled() => {
+                tracing::info!(stream = %ctx.stream.name, "a newer PutMedia connection replaced this one: ending it, its open fragment dropped");
+                d.drain().await;
+                d.drop_open_fragments();
                 break;
             }
             _ = abort.cancelled() => break,
@@ -309,6 +318,14 @@ impl Driver {
     }
 
     /// Sends ERROR for every fragment that started but will not complete.
+    /// Drops the open fragments without an ack (the connection is being replaced): live
+    /// readers are told, the fragment numbers are skipped.
+    fn drop_open_fragments(&mut self) {
+        for (_, (seq, _)) in self.open.drain() {
+            self.ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+        }
+    }
+
     fn fail_open_fragments(&mut self, error_id: u32) {
         for (_, (seq, _)) in self.open.drain() {
             metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => error_id.to_string())

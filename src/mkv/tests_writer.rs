@@ -178,13 +178,20 @@ fn tags_targeting_a_track_are_not_fragment_tags() {
         out
     };
     let mut payload = Vec::new();
-    payload.extend(tag(&[(0x68CA, 50), (ids::TAG_TRACK_UID, 2_506_826_037)], "BPS"));
+    payload.extend(tag(
+        &[(0x68CA, 50), (ids::TAG_TRACK_UID, 2_506_826_037)],
+        "BPS",
+    ));
     payload.extend(tag(&[(ids::TAG_CHAPTER_UID, 7)], "CHAPTER_NAME"));
     payload.extend(tag(&[], "MOTION"));
     payload.extend(tag(&[(0x68CA, 50), (ids::TAG_TRACK_UID, 0)], "WHOLE"));
     let mut out = Vec::new();
     write_element(&mut out, ids::TAGS, &payload);
-    let names: Vec<_> = parse_tags(&out).unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<_> = parse_tags(&out)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, ["MOTION", "WHOLE"]);
 }
 

@@ -61,11 +61,20 @@ pub async fn framemd5(input: &str, pix_fmt: &str, audio: bool) -> Result<Md5s, S
     let dir = tempfile::tempdir().unwrap();
     let (v, a) = (dir.path().join("v.md5"), dir.path().join("a.md5"));
     let video_args = |out: &Path| -> Vec<String> {
-        ["-map", "0:v:0", "-fps_mode", "passthrough", "-pix_fmt", pix_fmt, "-f", "framemd5"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain([out.to_string_lossy().into_owned()])
-            .collect()
+        [
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            pix_fmt,
+            "-f",
+            "framemd5",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([out.to_string_lossy().into_owned()])
+        .collect()
     };
     let audio_args = |out: &Path| -> Vec<String> {
         ["-map", "0:a:0", "-f", "framemd5"]
