@@ -80,7 +80,7 @@ impl S3Server {
                     let svc = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
                             c.count(req.method(), req.uri());
-                            service.call(req)
+                            Service::call(&service, req)
                         },
                     );
                     let _ = hyper::server::conn::http1::Builder::new()
