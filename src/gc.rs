@@ -315,13 +315,30 @@ pub async fn staging_leftovers(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
+            // A live server renames staged writes and deletes files while we walk: an
+            // entry that vanished between the listing and its `stat` is skipped (this
+            // race made `check` exit 2 in a crash soak; issue 14).
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             for entry in rd {
-                let entry = entry?;
-                let ft = entry.file_type()?;
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let ft = match entry.file_type() {
+                    Ok(t) => t,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 if ft.is_dir() {
                     stack.push(entry.path());
                 } else if ft.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
-                    let modified = entry.metadata()?.modified().ok();
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let modified = meta.modified().ok();
                     let age = modified
                         .and_then(|m| now.duration_since(m).ok())
                         .unwrap_or_default();
