@@ -204,6 +204,22 @@ impl Sweeper {
                 }
             }
         }
+        // Segment objects with no index record: a batch whose commit never happened.
+        let known: HashSet<String> = self
+            .index
+            .segments()
+            .await?
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        for o in self.store.list_segments().await? {
+            if o.last_modified_ms <= old_enough
+                && o.last_modified_ms < before_ms
+                && !known.contains(&o.key)
+            {
+                orphans.push(o.key);
+            }
+        }
         let mut deleted = 0;
         for key in orphans {
             tracing::info!(key = %key, "deleting orphan object");
@@ -468,6 +484,7 @@ mod tests {
                     object_key: keys::fragment_key(SID, seq).to_string(),
                     object_size: 1,
                     content_hash: "00".into(),
+                    object_offset: None,
                     metadata: vec![],
                 })
                 .await

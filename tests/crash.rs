@@ -427,7 +427,7 @@ async fn verify(
                 .unwrap()
                 .unwrap_or_else(|| panic!("{stream}: acknowledged fragment {number} has no row"));
             assert_eq!(row.producer_ts_ms, *ts, "{stream} {number}");
-            let bytes = dd.store.get_fragment(&key, seq).await.unwrap_or_else(|e| {
+            let bytes = dd.store.get_fragment(&key, &row).await.unwrap_or_else(|e| {
                 panic!("{stream}: acknowledged fragment {number} unreadable: {e}")
             });
             assert!(
