@@ -78,7 +78,10 @@ async fn streams_named_dot_and_dotdot_work_end_to_end_inside_their_own_objects()
     assert_eq!(objects.len(), 1, "the three streams share one open segment");
     for o in &objects {
         let key = o.to_str().unwrap();
-        assert!(streamvault::store::keys::parse_segment_key(key).is_some(), "{o:?}");
+        assert!(
+            streamvault::store::keys::parse_segment_key(key).is_some(),
+            "{o:?}"
+        );
     }
     for name in names {
         srv.delete_stream(name).await;
