@@ -51,6 +51,8 @@ pub const INGEST_SESSIONS_SUPERSEDED: &str = "streamvault_ingest_sessions_supers
 pub const ACK_BUFFERING_TO_PERSISTED: &str = "streamvault_ack_buffering_to_persisted_seconds";
 /// Seconds from fragment close (RECEIVED) to PERSISTED.
 pub const ACK_CLOSE_TO_PERSISTED: &str = "streamvault_ack_close_to_persisted_seconds";
+/// Fragments per group commit (one durable write and one index transaction each).
+pub const COMMIT_BATCH_FRAGMENTS: &str = "streamvault_commit_batch_fragments";
 /// Acks dropped because the client did not read them.
 pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
 /// GetImages instants answered, by outcome (`image`, `no_media`, `media_error`).

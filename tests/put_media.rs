@@ -479,7 +479,8 @@ async fn retention_zero_never_persists() {
     let dd = DataDir::open(&srv.data_dir);
     assert!(dd.fragments("live-only").await.is_empty());
     assert!(
-        dd.store.list(None).await.unwrap().is_empty(),
+        dd.store.list(None).await.unwrap().is_empty()
+            && dd.store.list_segments().await.unwrap().is_empty(),
         "nothing at rest for retention 0"
     );
     srv.stop().await.unwrap();

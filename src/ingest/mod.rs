@@ -10,6 +10,7 @@ pub mod ack;
 mod admission;
 mod allocator;
 pub mod budget;
+pub mod commit;
 pub mod hub;
 mod live;
 pub mod reader_queue;
@@ -84,6 +85,8 @@ pub struct Ingest {
     budget: Budget,
     /// Queue of the image generator (persisted fragments tagged for image generation).
     image_jobs: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::images::generation::Job>>,
+    /// The group committer every persister hands its sealed fragments to.
+    committer: std::sync::OnceLock<commit::Committer>,
 }
 
 impl Ingest {
@@ -95,7 +98,18 @@ impl Ingest {
             settings,
             streams: Mutex::default(),
             image_jobs: std::sync::OnceLock::new(),
+            committer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Connects the group committer (once, at server start).
+    pub fn set_committer(&self, c: commit::Committer) {
+        let _ = self.committer.set(c);
+    }
+
+    /// The group committer; `None` before the server connected it.
+    pub fn committer(&self) -> Option<&commit::Committer> {
+        self.committer.get()
     }
 
     /// Connects the image generator (once, at server start).
