@@ -155,6 +155,7 @@ fn fragment(seq: u64) -> FragmentRecord {
         object_key: fragment_key(STREAM_ID, seq).to_string(),
         object_size: 500_000 + 67,
         content_hash: format!("{:064x}", seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        object_offset: None,
         metadata: Vec::new(),
     }
 }

@@ -38,6 +38,12 @@ X264=(-c:v libx264 -preset veryfast -profile:v main -pix_fmt yuv420p -b:v 1M -ma
 "${F[@]}" "${V720[@]}" -t 10 "${BX[@]}" "${X264[@]}" -g 60 -keyint_min 60 \
   -f matroska -live 1 -cluster_time_limit 500 -cluster_size_limit 10000000 "$out/h264_cluster_nokey.mkv"
 
+# The load generator's camera (`cameras` scenario): H.264 High with B-frames, constant
+# 2 Mbit/s (x264 CBR with filler), 1 s GOP.
+"${F[@]}" "${V720[@]}" -t 10 "${BX[@]}" -c:v libx264 -preset veryfast -profile:v high -pix_fmt yuv420p \
+  -b:v 2M -minrate 2M -maxrate 2M -bufsize 2M -x264-params nal-hrd=cbr -sc_threshold 0 -g 30 -keyint_min 30 \
+  "${LIVE[@]}" "$out/h264_high_2mbps_gop1s.mkv"
+
 # The gop1s file cut off inside its 6th cluster.
 head -c 700000 "$out/h264_720p_gop1s.mkv" > "$out/h264_truncated.mkv"
 
@@ -47,7 +53,7 @@ head -c 4096 /dev/zero | tr '\0' '\377' \
   | dd of="$out/h264_corrupt.mkv" bs=4096 seek=500000 oflag=seek_bytes conv=notrunc status=none
 
 files=(h264_720p_gop1s.mkv h264_aac_720p_gop1s.mkv h265_720p_gop1s.mkv h264_cluster_nokey.mkv
-       h264_truncated.mkv h264_corrupt.mkv)
+       h264_high_2mbps_gop1s.mkv h264_truncated.mkv h264_corrupt.mkv)
 
 case "$mode" in
   write)

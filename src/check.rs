@@ -1,14 +1,16 @@
 //! `streamvault check`: verifies the storage invariants of `docs/design/storage.md` on a
-//! data dir, live or stopped. Every index row must have its object at the key the layout
-//! gives its (stream, seq), with the recorded sealed size, and its session header; every
-//! stream's number reservation must be above its fragments (I3). With `deep`, every
-//! object must also decrypt under the stream's key to the recorded size and SHA-256, and
-//! every session header used must decrypt.
+//! data dir, live or stopped. Every segment row must lie within its segment's durable
+//! end, which must lie within the segment object (I1, I8); every legacy row must have its
+//! object at the key the layout gives its (stream, seq), with the recorded sealed size;
+//! every row needs its session header; every stream's number reservation must be above
+//! its fragments (I3). With `deep`, every fragment must also decrypt under the stream's
+//! key to the recorded size and SHA-256, and every session header used must decrypt.
 //!
 //! Objects without rows are not violations (a crash between object write and row commit
 //! leaves them; startup recovery removes them) and are reported as garbage awaiting
-//! collection, like pending garbage rows, expired fragments awaiting the retention task,
-//! and the local backend's interrupted staged writes.
+//! collection, like segment bytes past the durable end (a torn tail, cut at the next
+//! start), pending garbage rows, expired fragments awaiting the retention task, and the
+//! local backend's interrupted staged writes.
 //!
 //! **Live data dirs.** The check only reads, and it re-verifies before it reports: an
 //! object missing from the listing taken at the start is looked up again (it may have
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest;
 
 use crate::clock::{Clock, SystemClock};
-use crate::index::{FragmentRecord, Index, StreamStats, retention_cutoff_ms};
+use crate::index::{FragmentRecord, Index, SegmentRecord, StreamStats, retention_cutoff_ms};
 use crate::store::{BlobKind, DataKey, FragmentStore, StoreError, keys};
 
 /// One broken invariant.
@@ -58,6 +60,25 @@ pub enum Problem {
         key: String,
         indexed: u64,
         actual: u64,
+    },
+    /// A segment row names a segment with no index record.
+    MissingSegment {
+        key: String,
+        stream_id: String,
+        seq: u64,
+    },
+    /// A row ends past its segment's durable end (I1, I8).
+    PastDurableEnd {
+        key: String,
+        seq: u64,
+        end: u64,
+        durable_end: u64,
+    },
+    /// A segment object is shorter than its durable end: committed bytes are lost.
+    SegmentShort {
+        key: String,
+        durable_end: u64,
+        stored: u64,
     },
     /// A fragment's upload session (its header elements) is not in the index.
     MissingSession {
@@ -126,6 +147,31 @@ impl fmt::Display for Problem {
                     "plaintext size differs from index: key={key} indexed={indexed} actual={actual}"
                 )
             }
+            Problem::MissingSegment {
+                key,
+                stream_id,
+                seq,
+            } => write!(
+                f,
+                "fragment's segment has no index record: key={key} stream_id={stream_id} seq={seq}"
+            ),
+            Problem::PastDurableEnd {
+                key,
+                seq,
+                end,
+                durable_end,
+            } => write!(
+                f,
+                "fragment ends past its segment's durable end: key={key} seq={seq} end={end} durable_end={durable_end}"
+            ),
+            Problem::SegmentShort {
+                key,
+                durable_end,
+                stored,
+            } => write!(
+                f,
+                "segment is shorter than its durable end: key={key} durable_end={durable_end} stored={stored}"
+            ),
             Problem::MissingSession {
                 stream_id,
                 seq,
@@ -166,6 +212,9 @@ pub struct Report {
     pub pending_garbage_rows: usize,
     /// Rows past their stream's retention (hidden from reads), awaiting the retention task.
     pub expired_fragments: u64,
+    /// Segments with bytes past their durable end (a torn tail, or a batch being
+    /// written into the open segment): key and bytes past the end.
+    pub segment_tails: Vec<(String, u64)>,
     /// Local backend: staged writes a crash interrupted (invisible to reads).
     pub staging_leftovers: Vec<String>,
     /// Rows deleted while the check ran (live data dir); not problems.
@@ -240,9 +289,28 @@ pub async fn check_with(
             });
         }
     }
-    let listed = store.list(None).await?;
+    // Segment records before the listing: a segment in the listing but not here is
+    // newer than this read (or an orphan), never a violation.
+    let mut segments: HashMap<String, SegmentRecord> = index
+        .segments()
+        .await?
+        .into_iter()
+        .map(|s| (s.key.clone(), s))
+        .collect();
+    let mut listed = store.list(None).await?;
+    listed.extend(store.list_segments().await?);
     report.objects_listed = listed.len() as u64;
     let sizes: HashMap<String, u64> = listed.iter().map(|o| (o.key.clone(), o.size)).collect();
+    for s in segments.values() {
+        if let Some(&size) = sizes.get(&s.key)
+            && size > s.durable_end
+        {
+            report
+                .segment_tails
+                .push((s.key.clone(), size - s.durable_end));
+        }
+    }
+    report.segment_tails.sort();
     let mut referenced = HashSet::new();
     let mut cursor = None;
     let mut keys_by_stream: HashMap<String, KeyState> = HashMap::new();
@@ -259,15 +327,24 @@ pub async fn check_with(
             {
                 report.expired_fragments += 1;
             }
-            let expected_key = keys::fragment_key(&f.stream_id, f.seq).to_string();
-            if f.object_key != expected_key {
+            let key_ok = match f.object_offset {
+                None => f.object_key == keys::fragment_key(&f.stream_id, f.seq).to_string(),
+                Some(_) => keys::parse_segment_key(&f.object_key).is_some(),
+            };
+            if !key_ok {
                 report.problems.push(Problem::WrongObjectKey {
                     stream_id: f.stream_id.clone(),
                     seq: f.seq,
                     key: f.object_key.clone(),
                 });
             }
-            match check_row(index, store, &f, &sizes, &mut report).await? {
+            let state = match f.object_offset {
+                None => check_row(index, store, &f, &sizes, &mut report).await?,
+                Some(_) => {
+                    check_segment_row(index, store, &f, &sizes, &mut segments, &mut report).await?
+                }
+            };
+            match state {
                 RowState::Present => {}
                 RowState::Vanished => {
                     report.vanished_during_check += 1;
@@ -342,7 +419,7 @@ pub async fn check_with(
                 continue;
             }
             let Some(key) = key else { continue };
-            match store.get_fragment(&key, f.seq).await {
+            match store.get_fragment(&key, &f).await {
                 Ok(plain) => {
                     report.fragments_decrypted += 1;
                     if plain.len() as u64 != f.size {
@@ -375,7 +452,7 @@ pub async fn check_with(
     }
     report.unreferenced_objects = listed
         .into_iter()
-        .filter(|o| !referenced.contains(&o.key))
+        .filter(|o| !referenced.contains(&o.key) && !segments.contains_key(&o.key))
         .map(|o| o.key)
         .collect();
     report.unreferenced_objects.sort();
@@ -411,16 +488,7 @@ async fn check_row(
         None => store.head_size(&f.object_key).await?,
     };
     match stored {
-        None => {
-            if still_indexed(index, f).await? {
-                report.problems.push(Problem::MissingObject {
-                    key: f.object_key.clone(),
-                });
-                Ok(RowState::Problem)
-            } else {
-                Ok(RowState::Vanished)
-            }
-        }
+        None => missing_object(index, f, report).await,
         Some(stored) if stored != f.object_size => {
             report.problems.push(Problem::SizeMismatch {
                 key: f.object_key.clone(),
@@ -431,6 +499,79 @@ async fn check_row(
         }
         Some(_) => Ok(RowState::Present),
     }
+}
+
+/// A segment row: its segment has a record, the row lies within the durable end, and the
+/// segment object holds the durable end. Re-verified against a live data dir: a segment
+/// newer than the first read is read again, an object shorter than the listing says (it
+/// grew since) is looked up again, and a missing one is a problem only if the row stays.
+async fn check_segment_row(
+    index: &dyn Index,
+    store: &FragmentStore,
+    f: &FragmentRecord,
+    sizes: &HashMap<String, u64>,
+    segments: &mut HashMap<String, SegmentRecord>,
+    report: &mut Report,
+) -> anyhow::Result<RowState> {
+    let end = f.object_offset.unwrap_or(0) + f.object_size;
+    let mut seg = segments.get(&f.object_key).cloned();
+    if seg.as_ref().is_none_or(|s| s.durable_end < end) {
+        seg = index.get_segment(&f.object_key).await?;
+        if let Some(s) = &seg {
+            segments.insert(s.key.clone(), s.clone());
+        }
+    }
+    let Some(seg) = seg else {
+        if !still_indexed(index, f).await? {
+            return Ok(RowState::Vanished);
+        }
+        report.problems.push(Problem::MissingSegment {
+            key: f.object_key.clone(),
+            stream_id: f.stream_id.clone(),
+            seq: f.seq,
+        });
+        return Ok(RowState::Problem);
+    };
+    if end > seg.durable_end {
+        report.problems.push(Problem::PastDurableEnd {
+            key: f.object_key.clone(),
+            seq: f.seq,
+            end,
+            durable_end: seg.durable_end,
+        });
+        return Ok(RowState::Problem);
+    }
+    let stored = match sizes.get(&f.object_key) {
+        Some(&s) if s >= seg.durable_end => Some(s),
+        _ => store.head_size(&f.object_key).await?,
+    };
+    match stored {
+        None => missing_object(index, f, report).await,
+        Some(stored) if stored < seg.durable_end => {
+            report.problems.push(Problem::SegmentShort {
+                key: f.object_key.clone(),
+                durable_end: seg.durable_end,
+                stored,
+            });
+            Ok(RowState::Problem)
+        }
+        Some(_) => Ok(RowState::Present),
+    }
+}
+
+/// A row's object is missing: a problem if the row is still there, else it vanished.
+async fn missing_object(
+    index: &dyn Index,
+    f: &FragmentRecord,
+    report: &mut Report,
+) -> anyhow::Result<RowState> {
+    if !still_indexed(index, f).await? {
+        return Ok(RowState::Vanished);
+    }
+    report.problems.push(Problem::MissingObject {
+        key: f.object_key.clone(),
+    });
+    Ok(RowState::Problem)
 }
 
 /// Whether the row is still in the (raw) index: a row deleted since the scan read it

@@ -209,8 +209,8 @@ impl Default for HttpSettings {
     }
 }
 
-/// Object store backend.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Object store backend and segments (`docs/design/storage.md`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// `local` (default: `<data_dir>/objects`, every write fsync'd) or `s3`.
@@ -219,6 +219,33 @@ pub struct StoreSettings {
     pub local_path: Option<PathBuf>,
     /// Settings for the `s3` backend.
     pub s3: S3Settings,
+    /// Local backend: an open segment is closed at this size. Default 256 MiB.
+    pub segment_max_bytes: u64,
+    /// Local backend: an open segment is closed at this age (server clock); part of the
+    /// bound on how long deleted bytes stay on disk. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub segment_max_age: Duration,
+    /// Object-store segments: a batch is flushed as one object once it holds this many
+    /// bytes. Default 8 MiB.
+    pub flush_bytes: u64,
+    /// Object-store segments: ... or once its oldest fragment waited this long. Default
+    /// `250ms`; `0s` flushes whatever is queued at once (like the local backend).
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::default(),
+            local_path: None,
+            s3: S3Settings::default(),
+            segment_max_bytes: 256 << 20,
+            segment_max_age: Duration::from_secs(600),
+            flush_bytes: 8 << 20,
+            flush_age: Duration::from_millis(250),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
@@ -306,8 +333,8 @@ pub struct IngestSettings {
     pub max_tracks: usize,
     /// Most fragment-metadata tags per fragment (ErrorId 4009). Default 10.
     pub max_metadata_tags: usize,
-    /// Concurrent PutMedia connections per stream; one more answers
-    /// `ConnectionLimitExceededException`. Default 1.
+    /// Concurrent PutMedia connections per stream; one more is accepted and ends the
+    /// oldest (the newest connection wins, as on AWS). Default 1.
     pub max_connections_per_stream: usize,
     /// Per-stream ingest rate cap in bytes/s; 0 turns it off. Default 12,500,000.
     pub max_bytes_per_second: u64,

@@ -204,6 +204,22 @@ impl Sweeper {
                 }
             }
         }
+        // Segment objects with no index record: a batch whose commit never happened.
+        let known: HashSet<String> = self
+            .index
+            .segments()
+            .await?
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        for o in self.store.list_segments().await? {
+            if o.last_modified_ms <= old_enough
+                && o.last_modified_ms < before_ms
+                && !known.contains(&o.key)
+            {
+                orphans.push(o.key);
+            }
+        }
         let mut deleted = 0;
         for key in orphans {
             tracing::info!(key = %key, "deleting orphan object");
@@ -315,13 +331,30 @@ pub async fn staging_leftovers(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
+            // A live server renames staged writes and deletes files while we walk: an
+            // entry that vanished between the listing and its `stat` is skipped (this
+            // race made `check` exit 2 in a crash soak; issue 14).
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             for entry in rd {
-                let entry = entry?;
-                let ft = entry.file_type()?;
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let ft = match entry.file_type() {
+                    Ok(t) => t,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 if ft.is_dir() {
                     stack.push(entry.path());
                 } else if ft.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
-                    let modified = entry.metadata()?.modified().ok();
+                    let meta = match entry.metadata() {
+                        Ok(m) => m,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let modified = meta.modified().ok();
                     let age = modified
                         .and_then(|m| now.duration_since(m).ok())
                         .unwrap_or_default();
@@ -451,6 +484,7 @@ mod tests {
                     object_key: keys::fragment_key(SID, seq).to_string(),
                     object_size: 1,
                     content_hash: "00".into(),
+                    object_offset: None,
                     metadata: vec![],
                 })
                 .await

@@ -54,10 +54,14 @@ pub const INGEST_DUPLICATES: &str = "streamvault_ingest_fragments_deduplicated_t
 pub const INGEST_ERRORS: &str = "streamvault_ingest_errors_total";
 /// Open PutMedia sessions.
 pub const INGEST_SESSIONS: &str = "streamvault_ingest_sessions";
+/// PutMedia sessions ended because a newer connection for the same stream arrived.
+pub const INGEST_SESSIONS_SUPERSEDED: &str = "streamvault_ingest_sessions_superseded_total";
 /// Seconds from BUFFERING to PERSISTED.
 pub const ACK_BUFFERING_TO_PERSISTED: &str = "streamvault_ack_buffering_to_persisted_seconds";
 /// Seconds from fragment close (RECEIVED) to PERSISTED.
 pub const ACK_CLOSE_TO_PERSISTED: &str = "streamvault_ack_close_to_persisted_seconds";
+/// Fragments per group commit (one durable write and one index transaction each).
+pub const COMMIT_BATCH_FRAGMENTS: &str = "streamvault_commit_batch_fragments";
 /// Acks dropped because the client did not read them.
 pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
 /// GetImages instants answered, by outcome (`image`, `no_media`, `media_error`).

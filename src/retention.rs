@@ -57,13 +57,13 @@ impl Retention {
         let now = self.clock.now_ms();
         let protect_from = now - self.settings.min_age.as_millis() as i64;
         loop {
-            let rows = self
+            let r = self
                 .index
                 .expire_fragments(now, protect_from, BATCH)
                 .await?;
-            let n = rows.len();
+            let n = r.rows;
             report.expired += n;
-            self.delete_objects(rows, &mut report).await;
+            self.delete_objects(r.garbage, &mut report).await;
             if n < BATCH {
                 break;
             }
@@ -75,13 +75,13 @@ impl Retention {
                     continue;
                 }
                 loop {
-                    let rows = self
+                    let r = self
                         .index
                         .trim_stream(&st.stream_id, cap, protect_from, BATCH, now)
                         .await?;
-                    let n = rows.len();
+                    let n = r.rows;
                     report.trimmed += n;
-                    self.delete_objects(rows, &mut report).await;
+                    self.delete_objects(r.garbage, &mut report).await;
                     if n < BATCH {
                         break;
                     }

@@ -32,9 +32,17 @@ pub struct ServerBuilder {
     clock: Option<SharedClock>,
     objects: Option<Arc<dyn ObjectStore>>,
     keyring: Option<Keyring>,
+    segment_faults: Option<Arc<crate::store::faults::Faults>>,
 }
 
 impl ServerBuilder {
+    /// Injects faults into the local segment backend and the group commit (`Op::Append`,
+    /// `Op::Sync`, `Op::IndexCommit`; tests).
+    pub fn with_segment_faults(mut self, faults: Arc<crate::store::faults::Faults>) -> Self {
+        self.segment_faults = Some(faults);
+        self
+    }
+
     /// Uses this clock instead of the system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = Some(clock);
@@ -98,7 +106,10 @@ impl ServerBuilder {
             );
         }
         let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
-        let store = FragmentStore::new(objects, Arc::new(keyring));
+        let mut store = FragmentStore::new(objects, Arc::new(keyring));
+        if let Some(root) = &local_root {
+            store = store.with_local_segments(root.clone());
+        }
         // Every API reads through the retention view: expired fragments are invisible
         // before the retention task deletes them.
         let view = Arc::new(index.retention_view(clock.clone()));
@@ -122,6 +133,7 @@ impl ServerBuilder {
             local_root,
             gc: Trigger::default(),
             playback,
+            segment_faults: self.segment_faults,
         })
     }
 }
@@ -139,6 +151,7 @@ pub struct Server {
     local_root: Option<PathBuf>,
     gc: Trigger,
     playback: Arc<Playback>,
+    segment_faults: Option<Arc<crate::store::faults::Faults>>,
 }
 
 impl Server {
@@ -148,6 +161,7 @@ impl Server {
             clock: None,
             objects: None,
             keyring: None,
+            segment_faults: None,
         }
     }
 
@@ -182,6 +196,25 @@ impl Server {
             stop.clone(),
         );
         ingest.set_notifier(notifier.clone());
+        // Segments a crash left open are sealed and their torn tails cut before anything
+        // is appended (I8).
+        let store = self.catalog.store().clone();
+        crate::ingest::commit::recover_open_segments(
+            &store,
+            self.index.as_ref(),
+            crate::clock::Clock::now_ms(self.clock.as_ref()),
+        )
+        .await?;
+        let commit_stop = CancellationToken::new();
+        let (committer, commit_task) = crate::ingest::commit::Committer::spawn(
+            store,
+            self.index.clone(),
+            self.clock.clone(),
+            &self.settings.store,
+            self.segment_faults.clone(),
+            commit_stop.clone(),
+        );
+        ingest.set_committer(committer);
         ingest.set_image_jobs(
             crate::images::generation::Generator {
                 catalog: self.catalog.clone(),
@@ -279,6 +312,9 @@ impl Server {
             );
         }
         stop.cancel();
+        // Uploads have ended: the committer closes its open segments.
+        commit_stop.cancel();
+        let _ = commit_task.await;
         let _ = gc_task.await;
         let _ = retention_task.await;
         self.index.close();

@@ -332,10 +332,13 @@ fn cli_check(dir: &Path) -> (i32, String) {
         .env("STREAMVAULT_LOG", "warn")
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    // Keep stderr: exit 2 ("could not run") says why only there.
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.stderr.is_empty() {
+        text.push_str("\n--- stderr ---\n");
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code().unwrap_or(-1), text)
 }
 
 async fn list_all(addr: SocketAddr, stream: &str) -> HashSet<String> {
@@ -424,7 +427,7 @@ async fn verify(
                 .unwrap()
                 .unwrap_or_else(|| panic!("{stream}: acknowledged fragment {number} has no row"));
             assert_eq!(row.producer_ts_ms, *ts, "{stream} {number}");
-            let bytes = dd.store.get_fragment(&key, seq).await.unwrap_or_else(|e| {
+            let bytes = dd.store.get_fragment(&key, &row).await.unwrap_or_else(|e| {
                 panic!("{stream}: acknowledged fragment {number} unreadable: {e}")
             });
             assert!(

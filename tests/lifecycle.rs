@@ -194,7 +194,9 @@ async fn retention_24h_keeps_24h_and_drops_the_rest_hidden_at_once() {
     let dd = DataDir::open(tmp.path());
     let sid = stream_id(&dd, "ret").await;
     assert_eq!(dd.fragments("ret").await.len(), 48);
-    assert_eq!(dd.store.list(Some(&sid)).await.unwrap().len(), 48);
+    // One segment per simulated hour: the open one closes at `store.segment_max_age`.
+    assert!(dd.store.list(Some(&sid)).await.unwrap().is_empty());
+    dd.wait_segments(48).await;
     // ...but no read API returns an expired fragment.
     assert_eq!(
         list_numbers(&srv, "ret", FragmentSelectorType::ServerTimestamp).await,
@@ -265,7 +267,7 @@ async fn retention_24h_keeps_24h_and_drops_the_rest_hidden_at_once() {
     let left = dd.fragments("ret").await;
     assert_eq!(left.len(), 24);
     assert!(left.iter().all(|(r, _)| r.server_ts_ms >= T0 + 24 * H));
-    assert_eq!(dd.store.list(Some(&sid)).await.unwrap().len(), 24);
+    dd.wait_segments(24).await;
     assert!(dd.index.list_garbage(10).await.unwrap().is_empty());
     let report = streamvault::check::check(&dd.index, &dd.store, true)
         .await
@@ -282,7 +284,7 @@ async fn retention_24h_keeps_24h_and_drops_the_rest_hidden_at_once() {
     );
     tasks.retention_pass().await;
     assert!(dd.fragments("ret").await.is_empty());
-    assert!(dd.store.list(Some(&sid)).await.unwrap().is_empty());
+    dd.wait_segments(0).await;
     srv.stop().await.unwrap();
 }
 
@@ -358,7 +360,8 @@ async fn decrease_48_to_24_drops_at_once() {
     let sid = stream_id(&dd, "dec").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let objects = dd.store.list(Some(&sid)).await.unwrap().len();
+        let _ = &sid;
+        let objects = dd.segment_count().await;
         if dd.fragments("dec").await.len() == 8 && objects == 8 {
             break;
         }
@@ -429,8 +432,22 @@ async fn size_cap_drops_oldest_first_but_never_young_fragments() {
         })
         .collect();
     assert_eq!(left, all[all.len() - left.len()..], "the oldest went first");
-    let sid = stream_id(&dd, "cap").await;
-    assert_eq!(dd.store.list(Some(&sid)).await.unwrap().len(), left.len());
+    // A segment goes when none of its fragments is left (I9).
+    let live: std::collections::BTreeSet<String> = dd
+        .fragments("cap")
+        .await
+        .into_iter()
+        .map(|(r, _)| r.object_key)
+        .collect();
+    let on_disk: std::collections::BTreeSet<String> = dd
+        .store
+        .list_segments()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(live.is_subset(&on_disk));
 
     // Lower the cap below the young fragments: they stay until they are old enough.
     srv.stop().await.unwrap();
@@ -473,7 +490,7 @@ async fn delete_stream_unreadable_at_once_swept_after_and_recreated_sees_nothing
     assert_eq!(old.len(), 10);
     let dd = DataDir::open(tmp.path());
     let old_id = stream_id(&dd, "del").await;
-    assert_eq!(dd.store.list(Some(&old_id)).await.unwrap().len(), 10);
+    assert_eq!(dd.segment_count().await, 1, "one upload, one open segment");
 
     let control = srv.control().await;
     let arn = control
@@ -630,7 +647,12 @@ async fn same_sample_twice_is_stored_once_with_the_same_persisted_numbers() {
     let stored = dd.fragments("dup").await;
     assert_eq!(stored.len(), 10, "each fragment stored once");
     let sid = stream_id(&dd, "dup").await;
-    assert_eq!(dd.store.list(Some(&sid)).await.unwrap().len(), 10);
+    let places: std::collections::BTreeSet<(String, u64)> = stored
+        .iter()
+        .map(|(r, _)| (r.object_key.clone(), r.object_offset.unwrap()))
+        .collect();
+    assert_eq!(places.len(), 10, "ten rows, ten places");
+    assert!(dd.store.list(Some(&sid)).await.unwrap().is_empty());
     for ((row, bytes), (_, cluster)) in stored.iter().zip(clusters_of(&src)) {
         assert_eq!(&bytes[..], &cluster[..]);
         assert_eq!(streamvault::check::content_hash(bytes), row.content_hash);
@@ -674,4 +696,111 @@ async fn same_sample_twice_is_stored_once_with_the_same_persisted_numbers() {
     assert_ne!(numbers(&a, "PERSISTED"), numbers(&b, "PERSISTED"));
     assert_eq!(DataDir::open(tmp2.path()).fragments("nodup").await.len(), 4);
     srv.stop().await.unwrap();
+}
+
+/// The bound of `docs/design/storage.md` ("How long deleted bytes stay on disk"): the
+/// bytes of a deleted stream and of expired fragments leave the disk once their segment
+/// dies — at most `store.segment_max_age` + the class bound (here 1 h) + one retention
+/// pass after the segment opened — while a long-retention stream, in its own class's
+/// segment, does not pin them. DeleteStream makes the bytes unreadable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_bytes_of_deleted_and_expired_data_leave_the_disk_within_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let (srv, tasks) = TestServer::start_built(
+        tmp.path().to_owned(),
+        |s| {
+            s.ingest.max_connections_per_stream = 4;
+            s.retention.interval = Duration::from_secs(3600);
+            s.gc.interval = Duration::from_secs(3600);
+        },
+        |b| b.with_clock(Arc::new(clock.clone())),
+    )
+    .await;
+    let max_age = streamvault::config::Settings::default()
+        .store
+        .segment_max_age;
+    create(&srv, "gone", 1).await;
+    create(&srv, "short", 1).await;
+    create(&srv, "long", 24 * 365).await;
+    let src = sample("h264_720p_gop1s.mkv");
+    upload(&srv, "gone", &src, T0).await;
+    upload(&srv, "short", &src, T0).await;
+    upload(&srv, "long", &src, T0).await;
+    let dd = DataDir::open(tmp.path());
+    let key_of = |rows: &Vec<(streamvault::index::FragmentRecord, bytes::Bytes)>| {
+        let keys: std::collections::BTreeSet<String> =
+            rows.iter().map(|(r, _)| r.object_key.clone()).collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        keys.into_iter().next().unwrap()
+    };
+    let shared = key_of(&dd.fragments("gone").await);
+    assert_eq!(
+        key_of(&dd.fragments("short").await),
+        shared,
+        "same class, same segment"
+    );
+    let long = key_of(&dd.fragments("long").await);
+    assert!(shared.starts_with("segments/r1h/"), "{shared}");
+    assert!(long.starts_with("segments/r1y/"), "{long}");
+    let path = |k: &str| tmp.path().join("objects").join(k);
+
+    // DeleteStream: unreadable at once (no row, no key), the bytes stay in the shared
+    // segment, which still holds live fragments of another stream.
+    let gone_id = stream_id(&dd, "gone").await;
+    let control = srv.control().await;
+    control
+        .delete_stream()
+        .stream_arn(arn(&srv, "gone").await)
+        .send()
+        .await
+        .unwrap();
+    assert!(dd.index.get_stream_by_id(&gone_id).await.unwrap().is_none());
+    assert!(
+        dd.index
+            .fragments_after(&gone_id, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tasks.sweep().await;
+    assert!(
+        path(&shared).exists(),
+        "live fragments of `short` keep the segment"
+    );
+
+    // Within the bound: the class bound plus the segment's open period plus one pass.
+    clock.set_ms(T0 + H + max_age.as_millis() as i64 + 1000);
+    tasks.retention_pass().await;
+    assert!(dd.fragments("short").await.is_empty());
+    let t0 = std::time::Instant::now();
+    while path(&shared).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "segment still on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(path(&long).exists(), "long retention keeps its own segment");
+    assert_eq!(dd.fragments("long").await.len(), 10);
+    let report = streamvault::check::check(&dd.index, &dd.store, true)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    srv.stop().await.unwrap();
+}
+
+async fn arn(srv: &TestServer, name: &str) -> String {
+    srv.control()
+        .await
+        .describe_stream()
+        .stream_name(name)
+        .send()
+        .await
+        .unwrap()
+        .stream_info()
+        .unwrap()
+        .stream_arn()
+        .unwrap()
+        .to_owned()
 }

@@ -187,26 +187,115 @@ async fn errors_before_200_are_json() {
     let r = put_media(srv.addr, &[], b"x", 1).await;
     assert_eq!(r.status, 400);
 
-    // One connection per stream: a second concurrent upload is refused.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    srv.stop().await.unwrap();
+}
+
+/// The newest PutMedia connection wins, as on AWS: a camera whose old connection is still
+/// open (half-open behind a NAT, or just slow to notice) reconnects and re-sends from its
+/// last PERSISTED fragment. The old session ends: what it completed stays PERSISTED, its
+/// open fragment is dropped; the re-sent fragments are stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_putmedia_connection_wins() {
+    let srv = TestServer::start().await;
+    create(&srv, "cam", 24).await;
+    create(&srv, "other", 24).await;
+    let (header, clusters) = split_sample(&sample("h264_720p_gop1s.mkv"));
+    assert!(clusters.len() >= 4);
+    let start = "1700000000.000";
+    let headers = [
+        ("x-amzn-stream-name", "cam"),
+        ("x-amzn-fragment-timecode-type", "RELATIVE"),
+        ("x-amzn-producer-start-timestamp", start),
+    ];
     let addr = srv.addr;
-    let first =
-        tokio::spawn(
-            async move { put_media_stream(addr, &[("x-amzn-stream-name", "one")], rx).await },
-        );
-    let mut hdr = Vec::new();
-    streamvault::mkv::writer::write_ebml_header(&mut hdr, "matroska");
-    tx.send(hdr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = put_media(srv.addr, &[("x-amzn-stream-name", "one")], b"\x1a", 1).await;
-    assert_eq!(second.status, 400);
-    assert!(
-        second.body.contains("ConnectionLimitExceededException"),
-        "{}",
-        second.body
+
+    // Another stream's upload is open meanwhile and must not be touched.
+    let (other_tx, other_rx) = tokio::sync::mpsc::channel(4);
+    let other = tokio::spawn(async move {
+        put_media_stream(addr, &[("x-amzn-stream-name", "other")], other_rx).await
+    });
+    other_tx.send(header.clone()).await.unwrap();
+    other_tx.send(clusters[0].clone()).await.unwrap();
+
+    // The old connection: two whole fragments and half of the third, then silence
+    // (the body stays open, as a half-open connection's would).
+    let (old_tx, old_rx) = tokio::sync::mpsc::channel(8);
+    let hs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let old = tokio::spawn(async move {
+        let h: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        put_media_stream(addr, &h, old_rx).await
+    });
+    old_tx.send(header.clone()).await.unwrap();
+    old_tx.send(clusters[0].clone()).await.unwrap();
+    old_tx.send(clusters[1].clone()).await.unwrap();
+    old_tx
+        .send(clusters[2][..clusters[2].len() / 2].to_vec())
+        .await
+        .unwrap();
+    let dd = DataDir::open(&srv.data_dir);
+    for _ in 0..100 {
+        if dd.fragments("cam").await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dd.fragments("cam").await.len(),
+        2,
+        "the old session persisted its two whole fragments"
     );
-    drop(tx);
-    let _ = first.await;
+
+    // The camera comes back on a new connection and re-sends everything.
+    let mut body = header.clone();
+    for c in &clusters {
+        body.extend_from_slice(c);
+    }
+    let new = put_media(srv.addr, &headers, &body, 64 * 1024).await;
+    assert_eq!(new.status, 200, "{}", new.body);
+    // (Re-sent fragments are PERSISTED under the stored fragment's number, so the
+    // BUFFERING numbers of the first two differ from their PERSISTED ones.)
+    assert_eq!(
+        new.events("PERSISTED").len(),
+        clusters.len(),
+        "{:?}",
+        new.acks
+    );
+    assert!(new.error_ids().is_empty(), "{:?}", new.acks);
+
+    // The old session ended by itself (its body is still open): its two fragments
+    // PERSISTED, the open one neither PERSISTED nor an error.
+    let old = tokio::time::timeout(Duration::from_secs(10), old)
+        .await
+        .expect("the superseded session ends")
+        .unwrap();
+    assert_eq!(old.status, 200);
+    assert_eq!(old.events("PERSISTED").len(), 2, "{:?}", old.acks);
+    assert_eq!(old.events("BUFFERING").len(), 3, "{:?}", old.acks);
+    assert!(old.error_ids().is_empty(), "{:?}", old.acks);
+    drop(old_tx);
+    // The re-sent fragments are the stored ones: same numbers, stored once.
+    let num = |r: &PutResult, i: usize| r.events("PERSISTED")[i]["FragmentNumber"].clone();
+    assert_eq!(num(&new, 0), num(&old, 0));
+    assert_eq!(num(&new, 1), num(&old, 1));
+    let rows = dd.fragments("cam").await;
+    assert_eq!(
+        rows.len(),
+        clusters.len(),
+        "every fragment stored exactly once"
+    );
+
+    // The other stream's upload went on: it completes normally.
+    other_tx.send(clusters[1].clone()).await.unwrap();
+    drop(other_tx);
+    let other = other.await.unwrap();
+    assert_ack_lifecycle(&other, 2);
+    let report = streamvault::check::check(&dd.index, &dd.store, true)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
     srv.stop().await.unwrap();
 }
 
@@ -390,7 +479,8 @@ async fn retention_zero_never_persists() {
     let dd = DataDir::open(&srv.data_dir);
     assert!(dd.fragments("live-only").await.is_empty());
     assert!(
-        dd.store.list(None).await.unwrap().is_empty(),
+        dd.store.list(None).await.unwrap().is_empty()
+            && dd.store.list_segments().await.unwrap().is_empty(),
         "nothing at rest for retention 0"
     );
     srv.stop().await.unwrap();

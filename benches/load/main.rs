@@ -9,7 +9,7 @@
 //! cargo bench --bench load -- <scenario> [options]
 //!   scenarios: one-stream | cameras | readers | live-tail | list-fragments | restart | all
 //!   --streams N --readers M --duration S --baseline-duration S --pace max|cluster|frame
-//!   --sample FILE --merge N --rows N --windows N --starts N --objects --quickack --no-baselines
+//!   --sample FILE --merge N --rows N --windows N --starts N --objects --quickack --no-baselines --s3
 //!   --endpoint http://HOST:PORT [--server-pid PID] --no-auth --json out.json
 //! ```
 
@@ -24,6 +24,7 @@ mod mkv;
 mod procs;
 mod producer;
 mod reader;
+mod s3;
 mod scenario;
 mod stats;
 
@@ -35,7 +36,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- <one-stream|cameras|readers|live-tail|list-fragments|restart|all> \
          [--streams N] [--readers M] [--duration S] [--baseline-duration S] [--pace max|cluster|frame] \
-         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--quickack] [--no-baselines] \
+         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--quickack] [--no-baselines] [--s3] \
          [--endpoint URL] [--server-pid PID] [--no-auth] [--json FILE]"
     );
     std::process::exit(2)
@@ -73,6 +74,7 @@ fn parse() -> (Vec<String>, Opts) {
             "--starts" => o.starts = Some(num(val(&a)) as usize),
             "--objects" => o.objects = true,
             "--quickack" => o.quickack = true,
+            "--s3" => o.s3 = true,
             "--merge" => o.merge = Some(num(val(&a)) as usize),
             "--no-baselines" => o.no_baselines = true,
             "--endpoint" => o.endpoint = Some(val(&a)),

@@ -35,6 +35,8 @@ pub struct Opts {
     pub starts: Option<usize>,
     pub objects: bool,
     pub quickack: bool,
+    /// Store fragments in an S3-compatible server started here ([`crate::s3`]).
+    pub s3: bool,
     /// Fragments of this many clusters ([`Sample::merged`]).
     pub merge: Option<usize>,
     pub no_baselines: bool,
@@ -47,6 +49,8 @@ pub struct Opts {
 /// An ingest scenario.
 #[derive(Debug, Clone)]
 struct Shape {
+    /// The default sample (under `media-samples/`), unless `--sample`.
+    sample: &'static str,
     streams: usize,
     readers: usize,
     pace: Pace,
@@ -89,6 +93,7 @@ fn machine() -> Value {
 
 pub async fn run(name: &str, o: &Opts) -> anyhow::Result<Value> {
     let shape = |streams, readers, pace, duration, baseline| Shape {
+        sample: "h264_720p_gop1s.mkv",
         streams: o.streams.unwrap_or(streams),
         readers: o.readers.unwrap_or(readers),
         pace: o.pace.unwrap_or(pace),
@@ -102,7 +107,14 @@ pub async fn run(name: &str, o: &Opts) -> anyhow::Result<Value> {
     };
     let mut r = match name {
         "one-stream" => ingest(o, shape(1, 0, Pace::Max, 20, 10)).await?,
-        "cameras" => ingest(o, shape(1000, 0, Pace::Cluster, 60, 20)).await?,
+        // Cameras at the goal's 2 Mbit/s (H.264 High, B-frames, 1 s GOP).
+        "cameras" => {
+            let s = Shape {
+                sample: "h264_high_2mbps_gop1s.mkv",
+                ..shape(1000, 0, Pace::Cluster, 60, 20)
+            };
+            ingest(o, s).await?
+        }
         "readers" => ingest(o, shape(100, 10, Pace::Frame, 30, 15)).await?,
         "live-tail" => ingest(o, shape(1, 3, Pace::Frame, 30, 0)).await?,
         "list-fragments" => list_fragments(o).await?,
@@ -298,7 +310,9 @@ async fn create_streams(target: &Target, prefix: &str, n: usize) -> anyhow::Resu
 
 async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
     let path = o.sample.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("media-samples/h264_720p_gop1s.mkv")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("media-samples")
+            .join(s.sample)
     });
     let sample = Arc::new(Sample::load(&path)?.merged(o.merge.unwrap_or(1)));
     let dir = tmp()?;
@@ -312,13 +326,18 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
         sample.name,
         sample.bitrate() / 1e6
     );
-    // streamvault
+    // streamvault (on an in-process S3 server with --s3)
+    let s3 = match o.s3 && o.endpoint.is_none() {
+        true => Some(crate::s3::S3Server::start(&dir.path().join("s3")).await?),
+        false => None,
+    };
+    let mut env = server_env(o);
+    env.extend(s3.iter().flat_map(|s| s.server_env()));
     let (child, target) = match target_of(o)? {
         Some(t) => (None, t),
         None => {
-            let c =
-                procs::start_streamvault(&bin(), &dir.path().join("data"), &key(), &server_env(o))
-                    .await?;
+            let c = procs::start_streamvault(&bin(), &dir.path().join("data"), &key(), &env)
+                .await?;
             let t = c.target.clone();
             (Some(c), t)
         }
@@ -340,6 +359,15 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
     svj["peak_rss_MiB"] = json!(rss.map(|b| b as f64 / 1048576.0));
     svj["ready_seconds"] = json!(ready);
     svj["per_stream_Mbps"] = json!(sv.bytes as f64 * 8.0 / 1e6 / sv.write_secs / s.streams as f64);
+    if let Some(s3) = &s3 {
+        // Every request since the server started, stream creation included; the run's
+        // camera-hours are the upload's wall time times the cameras.
+        let requests = s3.counts.json();
+        let writes = requests["writes"].as_f64().unwrap_or(0.0);
+        let camera_hours = s.streams as f64 * sv.write_secs / 3600.0;
+        svj["object_store"] = json!({"server": "s3s-fs 0.14, in-process, SigV4", "requests": requests});
+        svj["object_writes_per_camera_hour"] = json!(writes / camera_hours);
+    }
     let mut out = json!({
         "machine_before": machine_before,
         "config": {

@@ -345,7 +345,7 @@ async fn get_media_for_fragment_list(
                     Err(e) => Err(e.to_string()),
                 },
             };
-            let cluster = catalog.store().get_fragment(&key, row.seq).await;
+            let cluster = catalog.store().get_fragment(&key, &row).await;
             match (header, cluster) {
                 (Ok(h), Ok(cluster)) => {
                     sessions.insert(row.session_id, h.clone());

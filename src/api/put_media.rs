@@ -152,9 +152,9 @@ async fn put_media(
             )));
         }
     };
-    let (runtime, guard) = state
+    let conn = state
         .ingest
-        .connect(&stream.stream_id, stream.name.as_str())?;
+        .connect(&stream.stream_id, stream.name.as_str());
     let key = state.catalog.data_key(&stream)?;
 
     // Reading the first chunk makes hyper answer `Expect: 100-continue` before our 200.
@@ -172,6 +172,7 @@ async fn put_media(
         body: Arc::default(),
         acks: acks.tally(),
         shutdown: state.shutdown.clone(),
+        superseded: conn.superseded.clone(),
     };
     if let Some(b) = &first {
         summary
@@ -183,17 +184,18 @@ async fn put_media(
     let ctx = SessionContext {
         catalog: state.catalog.clone(),
         ingest: state.ingest.clone(),
-        runtime,
+        runtime: conn.runtime,
         stream: stream.clone(),
         key,
         mode,
         acks,
         shutdown: state.shutdown.clone(),
+        superseded: conn.superseded,
     };
     tracing::info!(stream = %stream.name, ?mode, acks = !quiet, "PutMedia session started");
     state.sessions.spawn(async move {
         session::run(ctx, first, data).await;
-        drop(guard);
+        drop(conn.guard);
         summary.log();
     });
     let stream_body = futures::stream::unfold(rx, |mut rx| async move {
@@ -250,17 +252,20 @@ struct SessionSummary {
     body: Arc<BodyWatch>,
     acks: Arc<AckTally>,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when a newer connection to the stream took over (see `ingest::admission`).
+    superseded: tokio_util::sync::CancellationToken,
 }
 
 impl SessionSummary {
     /// Why the session ended, from what was observed: the body's end, the server's
-    /// shutdown, the last ERROR ack, else the idle timeout.
+    /// shutdown, a newer connection, the last ERROR ack, else the idle timeout.
     fn reason(&self) -> String {
         let last_error = self.acks.last_error_id.load(Ordering::Relaxed);
         match self.body.end.load(Ordering::Relaxed) {
             BODY_ENDED => "upload complete".into(),
             BODY_FAILED => "connection failed".into(),
             _ if self.shutdown.is_cancelled() => "server shutdown".into(),
+            _ if self.superseded.is_cancelled() => "superseded by a newer connection".into(),
             _ if last_error != 0 => format!("error (ErrorId {last_error})"),
             _ => "idle timeout".into(),
         }
@@ -294,13 +299,14 @@ mod tests {
         ];
         let mut s = watch.clone().watch(futures::stream::iter(chunks));
         while s.next().await.is_some() {}
-        let (tally, shutdown) = (Arc::new(AckTally::default()), Default::default());
+        let tally = Arc::new(AckTally::default());
         let summary = SessionSummary {
             stream: "s".into(),
             started: Instant::now(),
             body: watch,
             acks: tally.clone(),
-            shutdown,
+            shutdown: Default::default(),
+            superseded: Default::default(),
         };
         assert_eq!(summary.body.bytes.load(Ordering::Relaxed), 5);
         assert_eq!(summary.reason(), "upload complete");
@@ -308,6 +314,8 @@ mod tests {
         assert_eq!(summary.reason(), "idle timeout");
         tally.last_error_id.store(4002, Ordering::Relaxed);
         assert_eq!(summary.reason(), "error (ErrorId 4002)");
+        summary.superseded.cancel();
+        assert_eq!(summary.reason(), "superseded by a newer connection");
         summary.shutdown.cancel();
         assert_eq!(summary.reason(), "server shutdown");
     }

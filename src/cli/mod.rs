@@ -251,11 +251,12 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
         report.objects_listed,
     );
     println!(
-        "awaiting collection (not problems): {} unreferenced objects, {} garbage rows, {} expired fragments, {} interrupted staged writes",
+        "awaiting collection (not problems): {} unreferenced objects, {} garbage rows, {} expired fragments, {} interrupted staged writes, {} segment tails past the durable end",
         report.unreferenced_objects.len(),
         report.pending_garbage_rows,
         report.expired_fragments,
         report.staging_leftovers.len(),
+        report.segment_tails.len(),
     );
     if report.vanished_during_check > 0 {
         println!(
@@ -268,6 +269,9 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
     }
     for p in &report.staging_leftovers {
         println!("staged write: {p}");
+    }
+    for (k, n) in &report.segment_tails {
+        println!("segment tail: {k} ({n} bytes past the durable end)");
     }
     for p in &report.problems {
         println!("PROBLEM: {p}");

@@ -182,11 +182,6 @@ pub fn parse_avcc(cp: &[u8]) -> Result<AvcConfig, DecodeError> {
     })
 }
 
-/// Whether a frame is already Annex-B (starts with a start code).
-fn is_annexb(frame: &[u8]) -> bool {
-    frame.starts_with(&[0, 0, 0, 1]) || frame.starts_with(&[0, 0, 1])
-}
-
 /// Rewrites length-prefixed NAL units as Annex-B into `out` (appending).
 pub fn length_prefixed_to_annexb(
     frame: &[u8],
@@ -326,7 +321,7 @@ impl VideoDecoder for H264 {
         if std::mem::take(&mut self.at_gop_start) {
             self.buf.extend_from_slice(&self.config.annexb_params);
         }
-        if self.config.nal_length_size == 0 || is_annexb(frame) {
+        if sps::is_annexb(frame, self.config.nal_length_size) {
             self.buf.extend_from_slice(frame);
         } else {
             length_prefixed_to_annexb(frame, self.config.nal_length_size, &mut self.buf)?;

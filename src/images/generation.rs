@@ -101,9 +101,9 @@ pub fn destination(uri: &str, settings: &Settings) -> Result<Destination> {
     }
     match scheme {
         "s3" => {
-            if parts.is_empty() || parts[0] == "streams" {
+            if parts.is_empty() || parts[0] == "streams" || parts[0] == "segments" {
                 return Err(bad(
-                    "needs a key prefix after the bucket that does not start with `streams`",
+                    "needs a key prefix after the bucket that does not start with `streams` or `segments`",
                 ));
             }
             Ok(Destination::Store(parts.join("/")))
@@ -415,6 +415,7 @@ mod tests {
             object_key: String::new(),
             object_size: 0,
             content_hash: String::new(),
+            object_offset: None,
             metadata: vec![("x".into(), "y".into())],
         };
         assert!(!Job::wanted(&f));

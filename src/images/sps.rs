@@ -50,11 +50,39 @@ pub fn check_nals<'a>(
     Ok(())
 }
 
-/// The NAL units of a frame: Annex-B (start codes) when it starts with one or
-/// `nal_length_size` is 0, else length-prefixed (a truncated tail is dropped).
+/// Whether a frame is Annex-B (start codes) rather than `nal_length_size`-byte
+/// length-prefixed NAL units: always when `nal_length_size` is 0; else only when the
+/// length prefixes do not span the frame exactly and it starts with a start code. The
+/// start alone does not tell: a 4-byte length of 256 to 511 (`00 00 01 xx`) reads as a
+/// start code, and such NAL units are common (OpenH264's P-slices at low rates).
+pub fn is_annexb(frame: &[u8], nal_length_size: usize) -> bool {
+    if nal_length_size == 0 {
+        return true;
+    }
+    let starts = frame.starts_with(&[0, 0, 1]) || frame.starts_with(&[0, 0, 0, 1]);
+    starts && !spans_exactly(frame, nal_length_size)
+}
+
+/// Whether `nal_length_size`-byte length prefixes walk `frame` to its exact end.
+fn spans_exactly(frame: &[u8], nal_length_size: usize) -> bool {
+    let mut pos = 0usize;
+    while pos < frame.len() {
+        let Some(hdr) = frame.get(pos..pos.saturating_add(nal_length_size)) else {
+            return false;
+        };
+        let len = hdr.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        pos = match (pos + nal_length_size).checked_add(len) {
+            Some(end) if end <= frame.len() => end,
+            _ => return false,
+        };
+    }
+    true
+}
+
+/// The NAL units of a frame: Annex-B (start codes) when [`is_annexb`], else
+/// length-prefixed (a truncated tail is dropped).
 pub fn nal_units(frame: &[u8], nal_length_size: usize) -> Vec<&[u8]> {
-    let annexb = frame.starts_with(&[0, 0, 1]) || frame.starts_with(&[0, 0, 0, 1]);
-    if nal_length_size == 0 || annexb {
+    if is_annexb(frame, nal_length_size) {
         return frame
             .split_start_codes()
             .filter(|n| !n.is_empty())
@@ -347,6 +375,27 @@ pub fn hvcc_nals(cp: &[u8]) -> (Vec<&[u8]>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A length-prefixed P-slice of 300 bytes starts `00 00 01 2C`, which also reads as a
+    /// start code: the length walk decides (OpenH264 via GStreamer writes such frames).
+    #[test]
+    fn length_prefixes_that_look_like_start_codes() {
+        let mut frame = vec![0, 0, 1, 0x2C, 0x61];
+        frame.resize(4 + 300, 0x9A);
+        assert!(!is_annexb(&frame, 4));
+        assert_eq!(nal_units(&frame, 4), vec![&frame[4..]]);
+        // Two NAL units, the second also 256–511 bytes long.
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        assert_eq!(nal_units(&two, 4).len(), 2);
+        // Real Annex-B (the prefixes do not span the frame) and no avcC.
+        let annexb = [0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xCE];
+        assert!(is_annexb(&annexb, 4));
+        assert_eq!(nal_units(&annexb, 4).len(), 2);
+        assert!(is_annexb(&frame, 0));
+        // Length-prefixed with a first length that is no start code.
+        assert!(!is_annexb(&[0, 0, 0, 2, 0x65, 7], 4));
+    }
 
     /// Bits written MSB first.
     #[derive(Default)]

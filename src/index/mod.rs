@@ -146,8 +146,11 @@ pub struct FragmentRecord {
     /// Plaintext size of the stored fragment (cluster bytes).
     pub size: u64,
     pub object_key: String,
-    /// Size of the sealed object in the store.
+    /// Size of the sealed blob in the store (in its segment, or the whole legacy object).
     pub object_size: u64,
+    /// Offset of the sealed blob in the segment `object_key`; `None` for a legacy row
+    /// whose `object_key` is one object holding only this fragment (before migration 4).
+    pub object_offset: Option<u64>,
     /// SHA-256 of the plaintext, hex.
     pub content_hash: String,
     /// Producer fragment metadata (Tags after the cluster), name → value, in order.
@@ -194,6 +197,48 @@ pub struct SessionRecord {
     pub session_id: u64,
     pub created_ms: EpochMillis,
     pub header_sealed: Vec<u8>,
+}
+
+/// One segment's index record (`docs/design/storage.md`, I8 and I9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRecord {
+    pub key: String,
+    /// Retention class (`store::keys::retention_class`).
+    pub class: String,
+    pub created_ms: EpochMillis,
+    /// Bytes durable and committed: no row of this segment ends past it.
+    pub durable_end: u64,
+    /// Closed: never appended to again; deleted once no row names it.
+    pub sealed: bool,
+}
+
+/// One fragment of a group commit: its row (with its place in `segment`) and, with a
+/// dedupe window, the earliest server timestamp a stored equal fragment may have.
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    pub row: FragmentRecord,
+    pub dedupe_since_ms: Option<EpochMillis>,
+}
+
+/// What happened to one row of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    Inserted,
+    /// Same stream, producer timestamp and content as this stored fragment (I7): nothing
+    /// inserted.
+    Duplicate(FragmentRecord),
+    /// The stream row is gone (DeleteStream during the upload): nothing inserted.
+    StreamGone,
+    /// The number is already used by a row (a bug or a replay): nothing inserted.
+    SeqTaken,
+}
+
+/// What a retention step retired: how many fragment rows went, and the garbage rows
+/// (legacy objects, segments left without rows) whose objects are to be deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retired {
+    pub rows: usize,
+    pub garbage: Vec<GarbageRecord>,
 }
 
 /// Objects awaiting deletion.
@@ -341,13 +386,13 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     /// server timestamp is below their stream's [`retention_cutoff_ms`] at `now_ms` and
     /// below `protect_from_ms` (the minimum age), inserts one garbage row per object, and
     /// deletes sessions that no fragment uses any more and that were created before both
-    /// bounds. Returns the garbage rows.
+    /// bounds. Sealed segments left without rows get garbage rows too (I9).
     async fn expire_fragments(
         &self,
         now_ms: EpochMillis,
         protect_from_ms: EpochMillis,
         limit: usize,
-    ) -> IndexResult<Vec<GarbageRecord>>;
+    ) -> IndexResult<Retired>;
     /// The size cap, same protocol: deletes a stream's oldest fragments (by seq) until
     /// the sum of its object sizes is at most `max_bytes`, never one with a server
     /// timestamp at or after `protect_from_ms`; at most `limit` per call.
@@ -358,7 +403,34 @@ pub trait Index: Send + Sync + std::fmt::Debug {
         protect_from_ms: EpochMillis,
         limit: usize,
         now_ms: EpochMillis,
-    ) -> IndexResult<Vec<GarbageRecord>>;
+    ) -> IndexResult<Retired>;
+    /// Group commit: in ONE transaction, records each segment's state (insert, or raise
+    /// `durable_end` / set `sealed`) and inserts every row (with its dedupe check, which
+    /// also sees rows inserted earlier in the batch). A row that cannot be inserted gets
+    /// its outcome; the others are inserted. Durable on return.
+    async fn commit_batch(
+        &self,
+        segments: Vec<SegmentRecord>,
+        rows: Vec<BatchRow>,
+    ) -> IndexResult<Vec<RowOutcome>>;
+    /// Closes a segment. If no row names it, the same transaction deletes its record
+    /// and inserts its garbage row, which is returned. `Ok(None)` with no garbage row
+    /// when the segment has no record (no batch committed in it): the caller deletes it.
+    async fn seal_segment(
+        &self,
+        key: &str,
+        now_ms: EpochMillis,
+    ) -> IndexResult<Option<Vec<GarbageRecord>>>;
+    /// Startup: seals every segment left open, returns them (for tail truncation) and
+    /// the garbage rows of those left without rows.
+    async fn seal_open_segments(
+        &self,
+        now_ms: EpochMillis,
+    ) -> IndexResult<(Vec<SegmentRecord>, Vec<GarbageRecord>)>;
+    /// Every segment record, by key.
+    async fn segments(&self) -> IndexResult<Vec<SegmentRecord>>;
+    async fn get_segment(&self, key: &str) -> IndexResult<Option<SegmentRecord>>;
+
     /// Figures of every live stream, in stream id order.
     async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>>;
     /// A stream's configuration document of one kind (e.g. image generation), as stored.

@@ -16,6 +16,8 @@ use crate::clock::SharedClock;
 #[path = "sqlite_sql.rs"]
 mod sql;
 use sql::*;
+#[path = "sqlite_segments.rs"]
+mod segments;
 #[path = "sqlite_shred.rs"]
 mod shred;
 
@@ -84,6 +86,20 @@ CREATE TABLE stream_configs (
     kind      TEXT NOT NULL,
     body      TEXT NOT NULL,
     PRIMARY KEY (stream_id, kind)
+);
+"#,
+    // 4: shared segments (issue 14). A row with an offset names a sealed blob inside the
+    // segment `object_key`; older rows (offset NULL) keep naming one object each and stay
+    // readable as they are.
+    r#"
+ALTER TABLE fragments ADD COLUMN object_offset INTEGER;
+CREATE INDEX fragments_by_object ON fragments (object_key);
+CREATE TABLE segments (
+    object_key  TEXT PRIMARY KEY,
+    class       TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    durable_end INTEGER NOT NULL,
+    sealed      INTEGER NOT NULL
 );
 "#,
 ];
@@ -307,7 +323,8 @@ fn insert_fragment_row(c: &Connection, f: &FragmentRecord) -> IndexResult<()> {
             f.object_key,
             f.object_size as i64,
             f.content_hash,
-            meta
+            meta,
+            f.object_offset.map(|o| o as i64)
         ])
     });
     match r {
@@ -347,34 +364,6 @@ fn find_by_content(
         1,
     )?;
     Ok(v.pop())
-}
-
-/// Step 1 of the single-fragment delete protocol for one row: a garbage row for its
-/// object, and the fragment row gone (the caller holds the transaction).
-fn retire_fragment(
-    tx: &Connection,
-    stream_id: &str,
-    seq: i64,
-    object_key: &str,
-    now_ms: EpochMillis,
-) -> IndexResult<GarbageRecord> {
-    tx.execute(
-        "INSERT INTO garbage (stream_id, object_key, created_ms) VALUES (?1, ?2, ?3)",
-        params![stream_id, object_key, now_ms],
-    )
-    .map_err(db_err)?;
-    let id = tx.last_insert_rowid();
-    tx.execute(
-        "DELETE FROM fragments WHERE stream_id = ?1 AND seq = ?2",
-        params![stream_id, seq],
-    )
-    .map_err(db_err)?;
-    Ok(GarbageRecord {
-        id,
-        stream_id: stream_id.to_owned(),
-        object_key: Some(object_key.to_owned()),
-        created_ms: now_ms,
-    })
 }
 
 /// Sets or removes one configuration document of a stream.
@@ -568,6 +557,7 @@ impl Index for SqliteIndex {
                 .map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
             check_version(&cur, expected.as_deref())?;
+            let touched = segments::stream_segments(&tx, &id)?;
             // Crypto-shred first: the wrapped data key is overwritten before the row goes,
             // so even a page of the old row surviving in the file holds no usable key.
             tx.execute("UPDATE streams SET wrapped_key = zeroblob(length(wrapped_key)) WHERE stream_id = ?1", [&id])
@@ -578,6 +568,7 @@ impl Index for SqliteIndex {
             )
             .map_err(db_err)?;
             tx.execute("DELETE FROM streams WHERE stream_id = ?1", [&id]).map_err(db_err)?;
+            segments::retire_dead_segments(&tx, &touched, now_ms)?;
             tx.commit().map_err(db_err)?;
             Ok(shred.after_delete(c))
         })
@@ -826,51 +817,9 @@ impl Index for SqliteIndex {
         now_ms: EpochMillis,
         protect_from_ms: EpochMillis,
         limit: usize,
-    ) -> IndexResult<Vec<GarbageRecord>> {
-        self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let streams: Vec<(String, i64)> = {
-                let mut st = tx
-                    .prepare_cached("SELECT stream_id, retention_hours FROM streams ORDER BY stream_id")
-                    .map_err(db_err)?;
-                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_err)?;
-                rows.collect::<Result<_, _>>().map_err(db_err)?
-            };
-            let mut out = Vec::new();
-            for (id, hours) in streams {
-                let before = retention_cutoff_ms(now_ms, hours).min(protect_from_ms);
-                if out.len() < limit {
-                    let victims: Vec<(i64, String)> = {
-                        let mut st = tx
-                            .prepare_cached(
-                                "SELECT seq, object_key FROM fragments WHERE stream_id = ?1 AND server_ts_ms < ?2
-                                 ORDER BY server_ts_ms, seq LIMIT ?3",
-                            )
-                            .map_err(db_err)?;
-                        let rows = st
-                            .query_map(params![id, before, (limit - out.len()) as i64], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })
-                            .map_err(db_err)?;
-                        rows.collect::<Result<_, _>>().map_err(db_err)?
-                    };
-                    for (seq, key) in victims {
-                        out.push(retire_fragment(&tx, &id, seq, &key, now_ms)?);
-                    }
-                }
-                tx.execute(
-                    "DELETE FROM sessions WHERE stream_id = ?1 AND created_ms < ?2 AND NOT EXISTS
-                     (SELECT 1 FROM fragments f WHERE f.stream_id = ?1 AND f.session_id = sessions.session_id)",
-                    params![id, before],
-                )
-                .map_err(db_err)?;
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(out)
-        })
-        .await
+    ) -> IndexResult<Retired> {
+        self.write(move |c| segments::expire(c, now_ms, protect_from_ms, limit))
+            .await
     }
 
     async fn trim_stream(
@@ -880,7 +829,7 @@ impl Index for SqliteIndex {
         protect_from_ms: EpochMillis,
         limit: usize,
         now_ms: EpochMillis,
-    ) -> IndexResult<Vec<GarbageRecord>> {
+    ) -> IndexResult<Retired> {
         let id = stream_id.to_owned();
         self.write(move |c| {
             let tx = c
@@ -894,34 +843,75 @@ impl Index for SqliteIndex {
                 )
                 .map_err(db_err)?;
             let mut excess = total - max_bytes.min(i64::MAX as u64) as i64;
-            let mut out = Vec::new();
+            let mut victims: Vec<segments::Victim> = Vec::new();
             if excess > 0 {
-                let oldest: Vec<(i64, String, i64, i64)> = {
+                let oldest: Vec<(i64, String, i64, i64, Option<i64>)> = {
                     let mut st = tx
                         .prepare_cached(
-                            "SELECT seq, object_key, object_size, server_ts_ms FROM fragments WHERE stream_id = ?1
-                             ORDER BY seq LIMIT ?2",
+                            "SELECT seq, object_key, object_size, server_ts_ms, object_offset FROM fragments
+                             WHERE stream_id = ?1 ORDER BY seq LIMIT ?2",
                         )
                         .map_err(db_err)?;
                     let rows = st
                         .query_map(params![id, limit as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                         })
                         .map_err(db_err)?;
                     rows.collect::<Result<_, _>>().map_err(db_err)?
                 };
-                for (seq, key, size, server_ts) in oldest {
+                for (seq, key, size, server_ts, offset) in oldest {
                     if excess <= 0 || server_ts >= protect_from_ms {
                         break;
                     }
-                    out.push(retire_fragment(&tx, &id, seq, &key, now_ms)?);
+                    victims.push((seq, key, offset));
                     excess -= size;
                 }
             }
+            let rows = victims.len();
+            let mut touched = std::collections::BTreeSet::new();
+            let mut garbage = segments::retire_rows(&tx, &id, victims, &mut touched, now_ms)?;
+            garbage.extend(segments::retire_dead_segments(&tx, &touched, now_ms)?);
             tx.commit().map_err(db_err)?;
-            Ok(out)
+            Ok(Retired { rows, garbage })
         })
         .await
+    }
+
+    async fn commit_batch(
+        &self,
+        segs: Vec<SegmentRecord>,
+        rows: Vec<BatchRow>,
+    ) -> IndexResult<Vec<RowOutcome>> {
+        let now = self.view_now();
+        self.write(move |c| segments::commit_batch(c, &segs, &rows, now))
+            .await
+    }
+
+    async fn seal_segment(
+        &self,
+        key: &str,
+        now_ms: EpochMillis,
+    ) -> IndexResult<Option<Vec<GarbageRecord>>> {
+        let key = key.to_owned();
+        self.write(move |c| segments::seal_segment(c, &key, now_ms))
+            .await
+    }
+
+    async fn seal_open_segments(
+        &self,
+        now_ms: EpochMillis,
+    ) -> IndexResult<(Vec<SegmentRecord>, Vec<GarbageRecord>)> {
+        self.write(move |c| segments::seal_open_segments(c, now_ms))
+            .await
+    }
+
+    async fn segments(&self) -> IndexResult<Vec<SegmentRecord>> {
+        self.read(segments::list_segments).await
+    }
+
+    async fn get_segment(&self, key: &str) -> IndexResult<Option<SegmentRecord>> {
+        let key = key.to_owned();
+        self.read(move |c| segments::get_segment(c, &key)).await
     }
 
     async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>> {

@@ -21,7 +21,7 @@ macro_rules! stream_cols {
 
 macro_rules! fragment_cols {
     () => {
-        "stream_id, seq, session_id, producer_ts_ms, server_ts_ms, duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata"
+        "stream_id, seq, session_id, producer_ts_ms, server_ts_ms, duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata, object_offset"
     };
 }
 
@@ -62,7 +62,7 @@ pub(super) const LIST_STREAMS: &str = concat!(
 pub(super) const INSERT_FRAGMENT: &str = concat!(
     "INSERT INTO fragments (",
     fragment_cols!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
 );
 
 pub(super) const STREAM_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM streams WHERE stream_id = ?1)";
@@ -204,6 +204,7 @@ pub(super) fn fragment_from_row(r: &Row) -> rusqlite::Result<FragmentRecord> {
         object_size: r.get::<_, i64>(9)? as u64,
         content_hash: r.get(10)?,
         metadata,
+        object_offset: r.get::<_, Option<i64>>(12)?.map(|o| o as u64),
     })
 }
 

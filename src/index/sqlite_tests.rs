@@ -32,6 +32,7 @@ fn frag(id: &str, seq: u64, ts: i64) -> FragmentRecord {
         object_size: 140,
         content_hash: "00".into(),
         metadata: vec![("n".into(), "v".into())],
+        object_offset: None,
     }
 }
 
@@ -186,13 +187,25 @@ async fn expire_trim_and_stats_follow_the_delete_protocol() {
     assert_eq!(st[0].bytes, 48 * 140);
     assert_eq!((st[0].max_seq, st[0].seq_reserved), (Some(47), 64));
     // Minimum age protects hours >= 10 even though 0..23 are expired.
-    let g = idx.expire_fragments(48 * H, 10 * H, 1000).await.unwrap();
+    let g = idx
+        .expire_fragments(48 * H, 10 * H, 1000)
+        .await
+        .unwrap()
+        .garbage;
     assert_eq!(g.len(), 10);
     assert_eq!(g[0].object_key.as_deref(), Some("obj/0"));
     assert_eq!(idx.list_garbage(100).await.unwrap().len(), 10);
-    let g = idx.expire_fragments(48 * H, 48 * H, 5).await.unwrap();
+    let g = idx
+        .expire_fragments(48 * H, 48 * H, 5)
+        .await
+        .unwrap()
+        .garbage;
     assert_eq!(g.len(), 5, "limit");
-    let g = idx.expire_fragments(48 * H, 48 * H, 1000).await.unwrap();
+    let g = idx
+        .expire_fragments(48 * H, 48 * H, 1000)
+        .await
+        .unwrap()
+        .garbage;
     assert_eq!(g.len(), 9);
     let left = idx.fragments_after(A, None, 1000).await.unwrap();
     assert_eq!(left.first().unwrap().seq, 24);
@@ -205,9 +218,14 @@ async fn expire_trim_and_stats_follow_the_delete_protocol() {
     let g = idx
         .trim_stream(A, 10 * 140, 40 * H, 1000, 48 * H)
         .await
-        .unwrap();
+        .unwrap()
+        .garbage;
     assert_eq!(g.len(), 14, "24 left, down to 10 (seqs 24..37)");
-    let g = idx.trim_stream(A, 140, 40 * H, 1000, 48 * H).await.unwrap();
+    let g = idx
+        .trim_stream(A, 140, 40 * H, 1000, 48 * H)
+        .await
+        .unwrap()
+        .garbage;
     assert_eq!(
         g.len(),
         2,
@@ -616,4 +634,100 @@ async fn a_reader_holding_the_wal_delays_the_shred_checkpoint_until_it_ends() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+fn in_segment(seq: u64, ts: i64, key: &str, offset: u64) -> BatchRow {
+    let mut row = frag(A, seq, ts);
+    row.object_key = key.into();
+    row.object_offset = Some(offset);
+    BatchRow {
+        row,
+        dedupe_since_ms: Some(0),
+    }
+}
+
+fn segment(key: &str, end: u64, sealed: bool) -> SegmentRecord {
+    SegmentRecord {
+        key: key.into(),
+        class: "r1d".into(),
+        created_ms: 0,
+        durable_end: end,
+        sealed,
+    }
+}
+
+#[tokio::test]
+async fn batches_commit_once_dedupe_inside_and_dead_segments_become_garbage() {
+    const H: i64 = 3_600_000;
+    const S1: &str = "segments/r1d/0000000000001-0000000000000001.seg";
+    const S2: &str = "segments/r1d/0000000000002-0000000000000002.seg";
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SqliteIndex::open(&dir.path().join("i.sqlite3")).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    idx.reserve_fragment_seqs(A, 100).await.unwrap();
+    // One batch: two rows, the second a re-send of the first (same ts and hash), and a
+    // row of a stream that does not exist.
+    let mut gone = in_segment(3, 10, S1, 280);
+    gone.row.stream_id = "0000000000000000000000000000000b".into();
+    let out = idx
+        .commit_batch(
+            vec![segment(S1, 420, false)],
+            vec![in_segment(1, 10, S1, 0), in_segment(2, 10, S1, 140), gone],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0], RowOutcome::Inserted);
+    assert!(
+        matches!(&out[1], RowOutcome::Duplicate(f) if f.seq == 1),
+        "{out:?}"
+    );
+    assert_eq!(out[2], RowOutcome::StreamGone);
+    let seg = idx.get_segment(S1).await.unwrap().unwrap();
+    assert_eq!((seg.durable_end, seg.sealed), (420, false));
+    let got = idx.get_fragment(A, 1).await.unwrap().unwrap();
+    assert_eq!((got.object_key.as_str(), got.object_offset), (S1, Some(0)));
+    // A later batch raises the durable end; another segment gets row 4.
+    idx.commit_batch(
+        vec![segment(S1, 560, false), segment(S2, 140, true)],
+        vec![in_segment(4, 20, S2, 0), in_segment(5, 30, S1, 420)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(idx.get_segment(S1).await.unwrap().unwrap().durable_end, 560);
+    // Row 4 expires: its sealed segment dies with it; S1 is open, so it stays even once
+    // its rows are gone, until sealed (then it is garbage at once).
+    let r = idx.expire_fragments(30 * H, 30 * H, 100).await.unwrap();
+    assert_eq!(r.rows, 3);
+    let keys: Vec<_> = r
+        .garbage
+        .iter()
+        .filter_map(|g| g.object_key.clone())
+        .collect();
+    assert_eq!(keys, vec![S2.to_owned()]);
+    assert!(idx.get_segment(S2).await.unwrap().is_none());
+    let g = idx.seal_segment(S1, 30 * H).await.unwrap().unwrap();
+    assert_eq!(g.len(), 1);
+    assert!(idx.segments().await.unwrap().is_empty());
+    assert_eq!(
+        idx.seal_segment("segments/r1d/none.seg", 0).await.unwrap(),
+        None
+    );
+    // Startup: open segments are sealed and returned; one with rows stays.
+    idx.commit_batch(
+        vec![segment(S2, 140, false)],
+        vec![in_segment(6, 31 * H, S2, 0)],
+    )
+    .await
+    .unwrap();
+    let (open, garbage) = idx.seal_open_segments(31 * H).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert!(garbage.is_empty());
+    assert!(idx.get_segment(S2).await.unwrap().unwrap().sealed);
+    // DeleteStream: its segments left without rows become garbage in the same transaction.
+    idx.delete_stream(A, None, 32 * H).await.unwrap();
+    let g = idx.list_garbage(10).await.unwrap();
+    assert!(
+        g.iter().any(|g| g.object_key.as_deref() == Some(S2)),
+        "{g:?}"
+    );
 }

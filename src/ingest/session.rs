@@ -1,7 +1,8 @@
 //! One PutMedia upload: reads the request body as it arrives, feeds the fragmenter,
 //! sends BUFFERING / RECEIVED / ERROR / IDLE acks, and hands complete fragments to a
-//! sequential persister that writes the object, commits the index row and only then
-//! sends PERSISTED (the order of `docs/design/storage.md`).
+//! sequential persister that seals them, hands them to the node's group committer
+//! (`super::commit`: bytes durable in a segment, row committed) and only then sends
+//! PERSISTED (the order of `docs/design/storage.md`).
 //!
 //! Back-pressure: body chunks are read only after the stream's rate cap allows them
 //! and the global memory budget has room; a slow store fills the persister's bounded
@@ -26,7 +27,7 @@ use super::budget::Reservation;
 use super::{FragmentInfo, Ingest, LiveEvent, SessionHeaderBytes, StreamRuntime};
 use crate::check::content_hash;
 use crate::fragmenter::{self, Fragment, Fragmenter, Output, TimecodeMode};
-use crate::index::{FragmentRecord, IndexError, SessionRecord, StreamRecord};
+use crate::index::{FragmentRecord, RowOutcome, SessionRecord, StreamRecord};
 use crate::model::FragmentNumber;
 use crate::store::{BlobKind, DataKey};
 use crate::streams::Catalog;
@@ -53,6 +54,9 @@ pub struct SessionContext {
     pub acks: AckSender,
     /// Server shutdown: finish the open fragment, persist, end.
     pub shutdown: CancellationToken,
+    /// A newer PutMedia connection for the stream took this one's place: stop reading,
+    /// drop the open fragment (the producer re-sends it), persist what was completed, end.
+    pub superseded: CancellationToken,
 }
 
 enum Job {
@@ -120,6 +124,12 @@ where
                 tracing::info!(stream = %ctx.stream.name, "server shutting down: closing upload after its open fragment");
                 d.fragmenter.close_open_fragment();
                 d.drain().await;
+                break;
+            }
+            _ = ctx.superseded.cancelled() => {
+                tracing::info!(stream = %ctx.stream.name, "a newer PutMedia connection replaced this one: ending it, its open fragment dropped");
+                d.drain().await;
+                d.drop_open_fragments();
                 break;
             }
             _ = abort.cancelled() => break,
@@ -309,6 +319,14 @@ impl Driver {
     }
 
     /// Sends ERROR for every fragment that started but will not complete.
+    /// Drops the open fragments without an ack (the connection is being replaced): live
+    /// readers are told, the fragment numbers are skipped.
+    fn drop_open_fragments(&mut self) {
+        for (_, (seq, _)) in self.open.drain() {
+            self.ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
+        }
+    }
+
     fn fail_open_fragments(&mut self, error_id: u32) {
         for (_, (seq, _)) in self.open.drain() {
             metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => error_id.to_string())
@@ -432,11 +450,11 @@ enum Persisted {
     },
 }
 
-/// Seal, put (durable), commit the row (durable): the create order of
-/// `docs/design/storage.md`. With a dedupe window, a fragment equal to a stored one is
-/// recognised before the put (stored once); the row insert repeats the check in its
-/// transaction, so two uploads racing with the same fragment still store one row (the
-/// loser deletes its own object, which no row names).
+/// Hash and seal, then hand the fragment to the group committer, which makes its batch
+/// durable and commits the rows in one transaction (the create order of
+/// `docs/design/storage.md`). With a dedupe window the re-upload check runs in that
+/// transaction: a fragment equal to a stored one (or to one earlier in the same batch)
+/// inserts nothing, and its bytes in the segment are garbage no row names (I4).
 async fn persist_fragment(
     ctx: &SessionContext,
     f: &Fragment,
@@ -444,27 +462,19 @@ async fn persist_fragment(
     session_id: u64,
 ) -> Result<Persisted, PersistError> {
     let store = ctx.catalog.store();
-    let index = ctx.catalog.index();
+    let committer = ctx
+        .ingest
+        .committer()
+        .ok_or_else(|| PersistError::Failed("no committer running".into()))?;
     let hash = content_hash(&f.cluster);
     let window = ctx.ingest.settings.dedupe_window;
     let dedupe_since =
         (!window.is_zero()).then(|| ctx.catalog.clock().now_ms() - window.as_millis() as i64);
-    if let Some(since) = dedupe_since
-        && let Some(orig) = index
-            .find_fragment_by_content(&ctx.stream.stream_id, f.producer_ts_ms, &hash, since)
-            .await
-            .map_err(|e| PersistError::Failed(e.to_string()))?
-    {
-        return Ok(Persisted::Duplicate { original: orig.seq });
-    }
-    // The sealed copy exists while it is written.
-    let sealing = ctx.ingest.budget().charge(f.cluster.len() + 64);
-    let stored = store
-        .put_fragment(&ctx.key, seq, &f.cluster)
-        .await
+    // The sealed copy exists until its batch is written.
+    let _sealing = ctx.ingest.budget().charge(f.cluster.len() + 64);
+    let sealed = store
+        .seal_fragment(&ctx.key, seq, &f.cluster)
         .map_err(|e| PersistError::Failed(e.to_string()))?;
-    drop(sealing);
-    let object_key = stored.key.clone();
     let rec = FragmentRecord {
         stream_id: ctx.stream.stream_id.clone(),
         seq,
@@ -474,49 +484,30 @@ async fn persist_fragment(
         duration_ms: f.duration_ms,
         producer_timecode: f.cluster_timecode as i64,
         size: f.cluster.len() as u64,
-        object_key: stored.key,
-        object_size: stored.size,
+        // The committer fills in the place (segment, offset, sealed length).
+        object_key: String::new(),
+        object_size: 0,
+        object_offset: None,
         content_hash: hash,
         metadata: f.metadata.clone(),
     };
-    let image_job = ctx.ingest.image_job(&ctx.stream, &rec);
-    let inserted = match dedupe_since {
-        Some(since) => index.insert_fragment_unless_duplicate(rec, since).await,
-        None => index.insert_fragment(rec).await.map(|()| None),
-    };
-    match inserted {
-        Ok(None) => {
-            if let Some(job) = image_job {
+    let class = crate::store::keys::retention_class(ctx.stream.retention_hours);
+    let (outcome, stored) = committer
+        .commit(class, sealed, rec, dedupe_since)
+        .await
+        .map_err(PersistError::Failed)?;
+    match outcome {
+        RowOutcome::Inserted => {
+            if let Some(job) = ctx.ingest.image_job(&ctx.stream, &stored) {
                 ctx.ingest.queue_image_job(job);
             }
             Ok(Persisted::New)
         }
-        Ok(Some(orig)) => {
-            // Lost a race with another upload of the same fragment: our object has no
-            // row and never will (its number is ours alone), so it can go now.
-            let _ = store.delete(&object_key).await;
-            Ok(Persisted::Duplicate { original: orig.seq })
-        }
-        Err(e) => {
-            let gone = matches!(e, IndexError::StreamNotFound(_))
-                || matches!(
-                    index.get_stream_by_id(&ctx.stream.stream_id).await,
-                    Ok(None)
-                );
-            if gone {
-                // The stream was deleted during the upload: the object has no row and
-                // its prefix is already being swept; remove it rather than leave an
-                // orphan for the next startup.
-                let _ = store.delete(&object_key).await;
-                Err(PersistError::StreamGone)
-            } else {
-                Err(PersistError::Failed(match e {
-                    IndexError::DuplicateFragment { .. } => {
-                        format!("fragment number already used: {e}")
-                    }
-                    other => other.to_string(),
-                }))
-            }
-        }
+        RowOutcome::Duplicate(orig) => Ok(Persisted::Duplicate { original: orig.seq }),
+        RowOutcome::StreamGone => Err(PersistError::StreamGone),
+        RowOutcome::SeqTaken => Err(PersistError::Failed(format!(
+            "fragment number already used: stream_id={} seq={seq}",
+            ctx.stream.stream_id
+        ))),
     }
 }

@@ -213,11 +213,7 @@ impl FragmentLoader {
     /// `Err` whose message says so (callers map it to their media error).
     pub async fn load(&mut self, row: &FragmentRecord) -> Result<LoadedFragment> {
         let session = self.session(row.session_id).await?;
-        let cluster = self
-            .catalog
-            .store()
-            .get_fragment(&self.key, row.seq)
-            .await?;
+        let cluster = self.catalog.store().get_fragment(&self.key, row).await?;
         let (cluster_ns, frames) =
             demux_cluster(&cluster, session.timecode_scale_ns).map_err(|e| {
                 Error::internal(format!(

@@ -260,7 +260,7 @@ impl Reader {
 
     /// One stored fragment as a chunk (or the rest of it, when sent in part).
     async fn emit_stored(&mut self, row: &FragmentRecord) -> Result<(), Stop> {
-        let cluster = match self.catalog.store().get_fragment(&self.key, row.seq).await {
+        let cluster = match self.catalog.store().get_fragment(&self.key, row).await {
             Ok(c) => c,
             // Removed by retention between listing and reading: nothing to send.
             Err(StoreError::NotFound(_)) => {

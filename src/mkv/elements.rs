@@ -259,8 +259,13 @@ impl SimpleTag {
 /// Nesting limit for SimpleTags inside SimpleTags (bounds recursion depth).
 pub const MAX_TAG_DEPTH: usize = 16;
 
-/// Parses a Tags element (`12 54 C3 67 …`) into the SimpleTags of all its Tag children,
-/// in order (Targets are ignored; nested SimpleTags become `children`).
+/// Parses a Tags element (`12 54 C3 67 …`) into the SimpleTags of its Tag children that
+/// describe the whole segment, in order (nested SimpleTags become `children`). A Tag whose
+/// Targets name a track, edition, chapter or attachment by a non-zero UID describes that
+/// item, not the stream: mkvmerge writes its per-track statistics (`BPS`, `DURATION`,
+/// `NUMBER_OF_FRAMES`, …) that way. Such Tags are skipped; KVS fragment metadata and the
+/// end-of-fragment marker come in Tags without a UID target (the KVS producers write an
+/// empty Targets).
 pub fn parse_tags(raw: &[u8]) -> Result<Vec<SimpleTag>, Error> {
     let mut out = Vec::new();
     for tag in Children::of(raw, ids::TAGS)? {
@@ -269,6 +274,9 @@ pub fn parse_tags(raw: &[u8]) -> Result<Vec<SimpleTag>, Error> {
             continue;
         }
         let s = tag.offset + tag.header_len;
+        if targets_an_item(raw, s, s + tag.data.len())? {
+            continue;
+        }
         for st in Children::new(raw, s, s + tag.data.len()) {
             let st = st?;
             if st.id == ids::SIMPLE_TAG {
@@ -283,6 +291,32 @@ pub fn parse_tags(raw: &[u8]) -> Result<Vec<SimpleTag>, Error> {
         }
     }
     Ok(out)
+}
+
+/// Whether the Tag whose children span `raw[start..end]` has Targets with a non-zero
+/// track, edition, chapter or attachment UID.
+fn targets_an_item(raw: &[u8], start: usize, end: usize) -> Result<bool, Error> {
+    for c in Children::new(raw, start, end) {
+        let c = c?;
+        if c.id != ids::TARGETS {
+            continue;
+        }
+        let s = c.offset + c.header_len;
+        for t in Children::new(raw, s, s + c.data.len()) {
+            let t = t?;
+            if matches!(
+                t.id,
+                ids::TAG_TRACK_UID
+                    | ids::TAG_EDITION_UID
+                    | ids::TAG_CHAPTER_UID
+                    | ids::TAG_ATTACHMENT_UID
+            ) && read_uint(t.data, t.offset)? != 0
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn parse_simple_tag(

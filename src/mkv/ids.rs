@@ -64,6 +64,10 @@ pub const REFERENCE_BLOCK: u32 = 0xFB;
 // Tags.
 pub const TAG: u32 = 0x7373;
 pub const TARGETS: u32 = 0x63C0;
+pub const TAG_TRACK_UID: u32 = 0x63C5;
+pub const TAG_EDITION_UID: u32 = 0x63C9;
+pub const TAG_CHAPTER_UID: u32 = 0x63C4;
+pub const TAG_ATTACHMENT_UID: u32 = 0x63C6;
 pub const SIMPLE_TAG: u32 = 0x67C8;
 pub const TAG_NAME: u32 = 0x45A3;
 pub const TAG_LANGUAGE: u32 = 0x447A;

@@ -160,3 +160,44 @@ fn lacing_flags_and_nul_padded_strings() {
         (1_000_000, Some("gst"))
     );
 }
+
+/// mkvmerge's per-track statistics Tags (Targets with a TagTrackUID) describe a track,
+/// not the fragment: they are skipped; Tags with no UID target (or a zero one) are read.
+#[test]
+fn tags_targeting_a_track_are_not_fragment_tags() {
+    let tag = |targets: &[(u32, u64)], name: &str| {
+        let mut t = Vec::new();
+        for &(id, v) in targets {
+            write_uint(&mut t, id, v);
+        }
+        let mut tag = Vec::new();
+        write_element(&mut tag, ids::TARGETS, &t);
+        write_simple_tag_for_test(&mut tag, name);
+        let mut out = Vec::new();
+        write_element(&mut out, ids::TAG, &tag);
+        out
+    };
+    let mut payload = Vec::new();
+    payload.extend(tag(
+        &[(0x68CA, 50), (ids::TAG_TRACK_UID, 2_506_826_037)],
+        "BPS",
+    ));
+    payload.extend(tag(&[(ids::TAG_CHAPTER_UID, 7)], "CHAPTER_NAME"));
+    payload.extend(tag(&[], "MOTION"));
+    payload.extend(tag(&[(0x68CA, 50), (ids::TAG_TRACK_UID, 0)], "WHOLE"));
+    let mut out = Vec::new();
+    write_element(&mut out, ids::TAGS, &payload);
+    let names: Vec<_> = parse_tags(&out)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["MOTION", "WHOLE"]);
+}
+
+fn write_simple_tag_for_test(out: &mut Vec<u8>, name: &str) {
+    let mut p = Vec::new();
+    write_string(&mut p, ids::TAG_NAME, name);
+    write_string(&mut p, ids::TAG_STRING, "1");
+    write_element(out, ids::SIMPLE_TAG, &p);
+}

@@ -543,7 +543,7 @@ impl Playback {
     ) -> Result<Packaged> {
         let (session, config) = self.session(loader, row.session_id).await?;
         let key = self.catalog.data_key(loader.stream())?;
-        let cluster = self.catalog.store().get_fragment(&key, row.seq).await?;
+        let cluster = self.catalog.store().get_fragment(&key, row).await?;
         let (cluster_ns, frames) =
             demux_cluster(&cluster, session.timecode_scale_ns).map_err(|e| {
                 Error::new(
@@ -578,6 +578,7 @@ mod tests {
             object_key: String::new(),
             object_size: 1,
             content_hash: String::new(),
+            object_offset: None,
             metadata: Vec::new(),
         }
     }

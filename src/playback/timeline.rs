@@ -581,6 +581,7 @@ mod tests {
             object_key: String::new(),
             object_size: 1,
             content_hash: String::new(),
+            object_offset: None,
             metadata: Vec::new(),
         }
     }

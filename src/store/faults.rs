@@ -12,6 +12,9 @@
 //! faults.set_latency(Op::Put, std::time::Duration::from_millis(200));
 //! ```
 //!
+//! The same plan also drives the local segment backend and the group commit
+//! (`Op::Append`, `Op::Sync`, `Op::IndexCommit`; `Server::builder(..).with_segment_faults`).
+//!
 //! Faults never corrupt an object that was written successfully: every fault happens
 //! in place of (or after) one call, the way a network or disk failure does.
 
@@ -41,6 +44,14 @@ pub enum Op {
     List,
     /// Parts and completion of multipart uploads.
     Multipart,
+    /// Local segment backend: one batch's append to the open segment file
+    /// ([`PutFault::Torn`] writes half of it, then fails).
+    Append,
+    /// Local segment backend: the `fdatasync` that makes a batch durable.
+    Sync,
+    /// The group commit's index transaction (fails before it runs: the batch's bytes
+    /// are durable, its rows are not committed).
+    IndexCommit,
 }
 
 /// How a faulty put fails.
@@ -87,6 +98,16 @@ impl Faults {
             .extend(std::iter::repeat_n(PutFault::Fail, n));
     }
 
+    /// The next `n` calls of `op` fail the given way (`Op::Put` and `Op::Append` know
+    /// `Torn`; `Op::Put` knows `Lost`).
+    pub fn fault_next(&self, op: Op, fault: PutFault, n: usize) {
+        self.state()
+            .next
+            .entry(op)
+            .or_default()
+            .extend(std::iter::repeat_n(fault, n));
+    }
+
     /// The next `n` puts fail the given way.
     pub fn put_fault_next(&self, fault: PutFault, n: usize) {
         self.state()
@@ -131,8 +152,10 @@ impl Faults {
         self.state().injected
     }
 
-    /// Counts a call of `op` and returns (latency, fault).
-    fn enter(&self, op: Op) -> (Duration, Option<PutFault>) {
+    /// Counts a call of `op` and returns (latency, fault). The store wrapper calls it for
+    /// its operations; the segment writer and the committer for `Append`, `Sync` and
+    /// `IndexCommit`.
+    pub fn enter(&self, op: Op) -> (Duration, Option<PutFault>) {
         let mut s = self.state();
         *s.calls.entry(op).or_default() += 1;
         let latency = s.latency.get(&op).copied().unwrap_or_default();

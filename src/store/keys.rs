@@ -1,7 +1,8 @@
 //! The object key layout. This is the only code that formats or parses object keys:
 //!
 //! ```text
-//! streams/<stream id>/fragments/<seq, 20 digits>.mkv.sv
+//! segments/<retention class>/<created ms, 13 digits>-<16 hex>.seg   (shared segments)
+//! streams/<stream id>/fragments/<seq, 20 digits>.mkv.sv  (legacy: one object per fragment)
 //! <image prefix>/<stream id>/<epoch ms>.<jpg|png>.sv   (image generation, sealed)
 //! ```
 //!
@@ -14,6 +15,19 @@
 use object_store::path::Path;
 
 const STREAMS: &str = "streams";
+const SEGMENTS: &str = "segments";
+const SEGMENT_SUFFIX: &str = ".seg";
+/// Retention classes: (name, upper bound in hours). A stream's fragments go into the open
+/// segment of the first class whose bound is at least its retention, so a long-retention
+/// stream never pins the segments of short-retention ones.
+pub const RETENTION_CLASSES: &[(&str, i64)] = &[
+    ("r1h", 1),
+    ("r1d", 24),
+    ("r1w", 168),
+    ("r30d", 720),
+    ("r1y", 8760),
+    ("rmax", i64::MAX),
+];
 const FRAGMENTS: &str = "fragments";
 const SUFFIX: &str = ".mkv.sv";
 /// Suffix of every sealed object that is not a fragment.
@@ -42,6 +56,47 @@ pub fn all_streams_prefix() -> Path {
 pub fn fragment_key(stream_id: &str, seq: u64) -> Path {
     debug_assert!(is_stream_id(stream_id));
     Path::from_iter([STREAMS, stream_id, FRAGMENTS, &format!("{seq:020}{SUFFIX}")])
+}
+
+/// The retention class of a stream with `retention_hours`.
+pub fn retention_class(retention_hours: i64) -> &'static str {
+    RETENTION_CLASSES
+        .iter()
+        .find(|(_, h)| retention_hours <= *h)
+        .map_or("rmax", |(n, _)| n)
+}
+
+/// Prefix holding every segment.
+pub fn segments_prefix() -> Path {
+    Path::from(SEGMENTS)
+}
+
+/// Key of a new segment of `class`, created at `created_ms`, told apart from any other
+/// by `nonce` (random).
+pub fn segment_key(class: &str, created_ms: i64, nonce: u64) -> Path {
+    debug_assert!(RETENTION_CLASSES.iter().any(|(n, _)| *n == class));
+    Path::from_iter([
+        SEGMENTS,
+        class,
+        &format!("{:013}-{nonce:016x}{SEGMENT_SUFFIX}", created_ms.max(0)),
+    ])
+}
+
+/// Whether `key` is a well-formed segment key; returns its class.
+pub fn parse_segment_key(key: &str) -> Option<&str> {
+    let mut parts = key.split('/');
+    let (root, class, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || root != SEGMENTS {
+        return None;
+    }
+    RETENTION_CLASSES.iter().find(|(n, _)| *n == class)?;
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (ms, nonce) = stem.split_once('-')?;
+    (ms.len() == 13
+        && nonce.len() == 16
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some(class)
 }
 
 /// Key of a generated image. `prefix` never starts with `streams` (checked where image
@@ -106,6 +161,27 @@ mod tests {
             None
         );
         assert!(k.prefix_matches(&stream_prefix(id)));
+    }
+
+    #[test]
+    fn segment_keys_round_trip_and_classes_nest() {
+        let k = segment_key("r1d", 1_795_600_000_000, 0xabc);
+        assert_eq!(
+            k.as_ref(),
+            "segments/r1d/1795600000000-0000000000000abc.seg"
+        );
+        assert_eq!(parse_segment_key(k.as_ref()), Some("r1d"));
+        assert_eq!(parse_segment_key("segments/r1d/1.seg"), None);
+        assert_eq!(
+            parse_segment_key("segments/zz/1795600000000-0000000000000abc.seg"),
+            None
+        );
+        assert!(k.prefix_matches(&segments_prefix()));
+        assert_eq!(retention_class(1), "r1h");
+        assert_eq!(retention_class(2), "r1d");
+        assert_eq!(retention_class(24), "r1d");
+        assert_eq!(retention_class(720), "r30d");
+        assert_eq!(retention_class(87_600), "rmax");
     }
 
     #[test]

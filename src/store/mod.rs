@@ -1,11 +1,14 @@
 //! The encrypted fragment store: the one seam where fragment bytes meet the object store.
-//! It owns the object key layout ([`keys`]) and envelope encryption ([`crypto`]); nothing
-//! else builds a key or touches plaintext at rest. Backends are any `object_store`
-//! implementation: `LocalFileSystem` with fsync (the embedded default) or S3.
+//! It owns the object key layout ([`keys`]), envelope encryption ([`crypto`]) and the
+//! shared segments fragments are appended to ([`segment`]); nothing else builds a key or
+//! touches plaintext at rest. Backends are any `object_store` implementation:
+//! `LocalFileSystem` (the embedded default, whose segments are appended to in place) or
+//! S3 (one immutable object per flushed segment).
 
 pub mod crypto;
 pub mod faults;
 pub mod keys;
+pub mod segment;
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::config::{Settings, StoreBackend};
+use crate::index::FragmentRecord;
 pub use crypto::{BlobKind, CryptoError, DataKey, Keyring};
 
 /// Store failures.
@@ -59,19 +63,67 @@ pub struct ListedObject {
 pub struct FragmentStore {
     objects: Arc<dyn ObjectStore>,
     keyring: Arc<Keyring>,
+    /// The local backend's directory, where segments are appended to in place; `None`:
+    /// one object per flushed segment.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl FragmentStore {
     pub fn new(objects: Arc<dyn ObjectStore>, keyring: Arc<Keyring>) -> Self {
-        Self { objects, keyring }
+        Self {
+            objects,
+            keyring,
+            local_root: None,
+        }
+    }
+
+    /// Appends segments in place under `root`, the directory `objects` is rooted at.
+    pub fn with_local_segments(mut self, root: std::path::PathBuf) -> Self {
+        self.local_root = Some(root);
+        self
+    }
+
+    /// The writer of new segments (local append or one object per batch).
+    pub fn segment_writer(
+        &self,
+        limits: segment::Limits,
+        faults: Option<Arc<faults::Faults>>,
+    ) -> segment::SegmentWriter {
+        match &self.local_root {
+            Some(root) => segment::SegmentWriter::local(root.clone(), limits, faults),
+            None => segment::SegmentWriter::objects(self.objects.clone(), faults),
+        }
+    }
+
+    /// Startup: cuts a segment a previous process left open back to its durable end
+    /// (local append only; objects are immutable). Returns the bytes removed.
+    pub async fn truncate_segment_tail(
+        &self,
+        key: &str,
+        durable_end: u64,
+    ) -> Result<u64, StoreError> {
+        match &self.local_root {
+            Some(root) => segment::truncate_tail(root, key, durable_end).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Seals one fragment for a segment (AAD: stream, seq, kind).
+    pub fn seal_fragment(
+        &self,
+        key: &DataKey,
+        seq: u64,
+        plaintext: &[u8],
+    ) -> Result<Bytes, StoreError> {
+        Ok(Bytes::from(key.seal(BlobKind::Fragment, seq, plaintext)?))
     }
 
     pub fn keyring(&self) -> &Arc<Keyring> {
         &self.keyring
     }
 
-    /// Encrypts and writes one fragment. Returns once the object is durable (the local
-    /// backend fsyncs file and directory; S3 returns after the PUT completes).
+    /// Encrypts and writes one fragment as its own object: the layout before segments
+    /// (migration 4). Ingest no longer writes it; tests use it to make such rows.
     pub async fn put_fragment(
         &self,
         key: &DataKey,
@@ -88,11 +140,38 @@ impl FragmentStore {
         })
     }
 
-    /// Reads and decrypts one fragment.
-    pub async fn get_fragment(&self, key: &DataKey, seq: u64) -> Result<Bytes, StoreError> {
-        let path = keys::fragment_key(key.stream_id(), seq);
-        let sealed = self.get_raw(&path).await?;
-        Ok(Bytes::from(key.open(BlobKind::Fragment, seq, &sealed)?))
+    /// Reads and decrypts the fragment a row names: a ranged read of its segment, or the
+    /// whole legacy object.
+    pub async fn get_fragment(
+        &self,
+        key: &DataKey,
+        row: &FragmentRecord,
+    ) -> Result<Bytes, StoreError> {
+        let sealed = self.get_sealed(row).await?;
+        Ok(Bytes::from(key.open(
+            BlobKind::Fragment,
+            row.seq,
+            &sealed,
+        )?))
+    }
+
+    /// The sealed bytes a row names.
+    async fn get_sealed(&self, row: &FragmentRecord) -> Result<Bytes, StoreError> {
+        let path = Path::from(row.object_key.as_str());
+        let Some(off) = row.object_offset else {
+            return self.get_raw(&path).await;
+        };
+        match self
+            .objects
+            .get_range(&path, off..off + row.object_size)
+            .await
+        {
+            Ok(b) => Ok(b),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StoreError::NotFound(path.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads an object's stored (encrypted) bytes.
@@ -123,13 +202,22 @@ impl FragmentStore {
         }
     }
 
-    /// Lists every object of one stream (`Some(id)`) or of all streams.
+    /// Lists every legacy object of one stream (`Some(id)`) or of all streams.
     pub async fn list(&self, stream_id: Option<&str>) -> Result<Vec<ListedObject>, StoreError> {
         let prefix = match stream_id {
             Some(id) => keys::stream_prefix(id),
             None => keys::all_streams_prefix(),
         };
-        let metas: Vec<_> = self.objects.list(Some(&prefix)).try_collect().await?;
+        self.list_prefix(&prefix).await
+    }
+
+    /// Lists every segment object.
+    pub async fn list_segments(&self) -> Result<Vec<ListedObject>, StoreError> {
+        self.list_prefix(&keys::segments_prefix()).await
+    }
+
+    async fn list_prefix(&self, prefix: &Path) -> Result<Vec<ListedObject>, StoreError> {
+        let metas: Vec<_> = self.objects.list(Some(prefix)).try_collect().await?;
         Ok(metas
             .into_iter()
             .map(|m| ListedObject {
@@ -222,6 +310,24 @@ mod tests {
 
     const SID: &str = "0123456789abcdef0123456789abcdef";
 
+    fn legacy_row(seq: u64, o: &StoredObject) -> FragmentRecord {
+        FragmentRecord {
+            stream_id: SID.into(),
+            seq,
+            session_id: 0,
+            producer_ts_ms: 0,
+            server_ts_ms: 0,
+            duration_ms: 0,
+            producer_timecode: 0,
+            size: 0,
+            object_key: o.key.clone(),
+            object_size: o.size,
+            content_hash: String::new(),
+            metadata: vec![],
+            object_offset: None,
+        }
+    }
+
     fn local_store(dir: &std::path::Path) -> FragmentStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .unwrap()
@@ -237,11 +343,18 @@ mod tests {
         let put = store.put_fragment(&dek, 5, b"cluster bytes").await.unwrap();
         assert_eq!(store.head_size(&put.key).await.unwrap(), Some(put.size));
         assert_eq!(
-            &store.get_fragment(&dek, 5).await.unwrap()[..],
+            &store
+                .get_fragment(&dek, &legacy_row(5, &put))
+                .await
+                .unwrap()[..],
             b"cluster bytes"
         );
+        let missing = StoredObject {
+            key: keys::fragment_key(SID, 6).to_string(),
+            size: 1,
+        };
         assert!(matches!(
-            store.get_fragment(&dek, 6).await,
+            store.get_fragment(&dek, &legacy_row(6, &missing)).await,
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(store.list(Some(SID)).await.unwrap().len(), 1);
@@ -261,7 +374,7 @@ mod tests {
         let pb = dir.path().join(&b.key);
         std::fs::copy(&pa, &pb).unwrap();
         assert!(matches!(
-            store.get_fragment(&dek, 2).await,
+            store.get_fragment(&dek, &legacy_row(2, &b)).await,
             Err(StoreError::Crypto(CryptoError::Integrity(_)))
         ));
         // Flip one bit in the middle of fragment 1.
@@ -270,7 +383,7 @@ mod tests {
         bytes[mid] ^= 0x10;
         std::fs::write(&pa, &bytes).unwrap();
         assert!(matches!(
-            store.get_fragment(&dek, 1).await,
+            store.get_fragment(&dek, &legacy_row(1, &a)).await,
             Err(StoreError::Crypto(CryptoError::Integrity(_)))
         ));
     }

@@ -609,6 +609,29 @@ impl DataDir {
         }
     }
 
+    /// How many segment objects the store holds.
+    pub async fn segment_count(&self) -> usize {
+        self.store.list_segments().await.unwrap().len()
+    }
+
+    /// Waits (up to 10 s) until the store holds `n` segment objects: the open segment
+    /// of a class is closed (and, without rows, deleted) by the committer within about a
+    /// second of reaching `store.segment_max_age` on the server clock.
+    pub async fn wait_segments(&self, n: usize) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let have = self.segment_count().await;
+            if have == n {
+                return;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "{have} segments, want {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every fragment of a stream, in order, with its decrypted bytes.
     pub async fn fragments(
         &self,
@@ -634,7 +657,7 @@ impl DataDir {
             .unwrap();
         let mut out = Vec::new();
         for r in rows {
-            let b = self.store.get_fragment(&key, r.seq).await.unwrap();
+            let b = self.store.get_fragment(&key, &r).await.unwrap();
             out.push((r, b));
         }
         out

@@ -168,7 +168,7 @@ pub fn audio_na(audio: super::Audio, api: &str) -> Option<&'static str> {
             "G.711: AWS HLS carries AAC only; server answers UnsupportedStreamMediaTypeException",
         ),
         (Alaw | Mulaw, _) => Some(
-            "G.711: AWS accepts it in GetClip/DASH, streamvault does not (docs/api.md): UnsupportedStreamMediaTypeException",
+            "G.711: MP4 has no standard G.711 sample entry (`ffmpeg -c copy` refuses it); AWS accepts it in GetClip/DASH (docs/api.md); server answers UnsupportedStreamMediaTypeException",
         ),
         _ => None,
     }

@@ -52,21 +52,70 @@ pub struct Md5s {
 
 /// `ffmpeg -i INPUT -map 0:v:0 -f framemd5` (and `-map 0:a:0`). Any line ffmpeg prints at
 /// level `error` (a decode or demux error) makes it an `Err`.
+///
+/// A DASH manifest (`.mpd`) is read once per adaptation set, as DASH players fetch them:
+/// ffmpeg's DASH demuxer, reading both at once, ends the whole input when the video
+/// representation ends and drops the audio frames that play after the last picture
+/// (checked with the audio-only read, which returns them all).
 pub async fn framemd5(input: &str, pix_fmt: &str, audio: bool) -> Result<Md5s, String> {
     let dir = tempfile::tempdir().unwrap();
     let (v, a) = (dir.path().join("v.md5"), dir.path().join("a.md5"));
+    let video_args = |out: &Path| -> Vec<String> {
+        [
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-pix_fmt",
+            pix_fmt,
+            "-f",
+            "framemd5",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([out.to_string_lossy().into_owned()])
+        .collect()
+    };
+    let audio_args = |out: &Path| -> Vec<String> {
+        ["-map", "0:a:0", "-f", "framemd5"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([out.to_string_lossy().into_owned()])
+            .collect()
+    };
+    if audio && input.contains(".mpd") {
+        run_ffmpeg(input, video_args(&v)).await?;
+        run_ffmpeg(input, audio_args(&a)).await?;
+    } else if audio {
+        let mut args = video_args(&v);
+        args.extend(audio_args(&a));
+        run_ffmpeg(input, args).await?;
+    } else {
+        run_ffmpeg(input, video_args(&v)).await?;
+    }
+    let read = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_owned()))
+            .collect()
+    };
+    Ok(Md5s {
+        video: read(&v),
+        audio: if audio { read(&a) } else { Vec::new() },
+    })
+}
+
+/// `ffmpeg -i input <outputs>`; `Err` with ffmpeg's first error line on any error output.
+async fn run_ffmpeg(input: &str, outputs: Vec<String>) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("ffmpeg");
     cmd.args(["-nostdin", "-v", "error"]);
     if input.contains(".m3u8") {
         // Read a live playlist from its first segment (ffmpeg starts 3 from the end).
         cmd.args(["-live_start_index", "0"]);
     }
-    cmd.args(["-i", input, "-map", "0:v:0", "-fps_mode", "passthrough"])
-        .args(["-pix_fmt", pix_fmt, "-f", "framemd5"])
-        .arg(&v);
-    if audio {
-        cmd.args(["-map", "0:a:0", "-f", "framemd5"]).arg(&a);
-    }
+    cmd.args(["-i", input]).args(outputs);
     let o = cmd.output().await.map_err(|e| e.to_string())?;
     // A GetMedia response is a sequence of MKV documents (as AWS's is); ffmpeg's demuxer
     // reports each further Segment header as an error and reads on. Nothing else is let
@@ -88,18 +137,7 @@ pub async fn framemd5(input: &str, pix_fmt: &str, audio: bool) -> Result<Md5s, S
         };
         return Err(format!("ffmpeg: {}", short(&first)));
     }
-    let read = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_owned()))
-            .collect()
-    };
-    Ok(Md5s {
-        video: read(&v),
-        audio: if audio { read(&a) } else { Vec::new() },
-    })
+    Ok(())
 }
 
 /// Keeps a message to one short line for a table cell.
