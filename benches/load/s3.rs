@@ -33,7 +33,12 @@ impl Counts {
         let q = uri.query().unwrap_or("");
         let c = match *method {
             http::Method::PUT | http::Method::POST => &self.writes,
-            http::Method::GET if q.contains("list-type") || uri.path().trim_end_matches('/') == format!("/{BUCKET}") => &self.lists,
+            http::Method::GET
+                if q.contains("list-type")
+                    || uri.path().trim_end_matches('/') == format!("/{BUCKET}") =>
+            {
+                &self.lists
+            }
             http::Method::GET | http::Method::HEAD => &self.reads,
             http::Method::DELETE => &self.deletes,
             _ => &self.other,
@@ -97,7 +102,10 @@ impl S3Server {
         [
             ("STREAMVAULT_STORE__BACKEND", "s3".to_owned()),
             ("STREAMVAULT_STORE__S3__BUCKET", BUCKET.to_owned()),
-            ("STREAMVAULT_STORE__S3__ENDPOINT", format!("http://{}", self.addr)),
+            (
+                "STREAMVAULT_STORE__S3__ENDPOINT",
+                format!("http://{}", self.addr),
+            ),
             ("STREAMVAULT_STORE__S3__ALLOW_HTTP", "true".to_owned()),
             ("STREAMVAULT_STORE__S3__REGION", "us-east-1".to_owned()),
             ("STREAMVAULT_STORE__S3__ACCESS_KEY_ID", KEY.0.to_owned()),

@@ -336,8 +336,8 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
     let (child, target) = match target_of(o)? {
         Some(t) => (None, t),
         None => {
-            let c = procs::start_streamvault(&bin(), &dir.path().join("data"), &key(), &env)
-                .await?;
+            let c =
+                procs::start_streamvault(&bin(), &dir.path().join("data"), &key(), &env).await?;
             let t = c.target.clone();
             (Some(c), t)
         }
@@ -365,7 +365,8 @@ async fn ingest(o: &Opts, s: Shape) -> anyhow::Result<Value> {
         let requests = s3.counts.json();
         let writes = requests["writes"].as_f64().unwrap_or(0.0);
         let camera_hours = s.streams as f64 * sv.write_secs / 3600.0;
-        svj["object_store"] = json!({"server": "s3s-fs 0.14, in-process, SigV4", "requests": requests});
+        svj["object_store"] =
+            json!({"server": "s3s-fs 0.14, in-process, SigV4", "requests": requests});
         svj["object_writes_per_camera_hour"] = json!(writes / camera_hours);
     }
     let mut out = json!({
