@@ -210,14 +210,12 @@ impl Server {
             commit_stop.clone(),
         );
         ingest.set_committer(committer);
-        ingest.set_image_jobs(
-            crate::images::generation::Generator {
-                catalog: self.catalog.clone(),
-                images: images.clone(),
-                settings: self.settings.clone(),
-            }
-            .spawn(stop.clone()),
-        );
+        crate::images::generation::Generator {
+            catalog: self.catalog.clone(),
+            images: images.clone(),
+            settings: self.settings.clone(),
+        }
+        .spawn(ingest.persisted_events().subscribe(), stop.clone());
         let state = AppState {
             public_url: self.settings.public_base_url(addr).into(),
             settings: self.settings.clone(),
