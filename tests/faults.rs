@@ -63,6 +63,23 @@ async fn stream_id(dd: &DataDir, name: &str) -> String {
         .stream_id
 }
 
+/// A server whose local segment writes and group commit follow a fault plan, persisting
+/// up to `pipeline_depth` fragments of an upload at once.
+async fn segment_faulty_server(
+    dir: &std::path::Path,
+    pipeline_depth: usize,
+) -> (TestServer, Arc<streamvault::store::faults::Faults>) {
+    let faults = Arc::new(streamvault::store::faults::Faults::default());
+    let f2 = faults.clone();
+    let (srv, _h) = TestServer::start_built(
+        dir.to_owned(),
+        |s| s.ingest.pipeline_depth = pipeline_depth,
+        move |b| b.with_segment_faults(f2),
+    )
+    .await;
+    (srv, faults)
+}
+
 /// A server over `<dir>/objects` through a fault-injecting store.
 async fn faulty_server(
     dir: &std::path::Path,
@@ -438,18 +455,10 @@ async fn check_reports_every_inconsistency_with_an_exit_code() {
 /// it) is reported as information, never served, and cut by the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_write_faults_fail_their_batch_and_torn_tails_are_cut_at_start() {
-    use streamvault::store::faults::Faults;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let faults = Arc::new(Faults::default());
-    let f2 = faults.clone();
     // One fragment per batch, so each injected fault hits one fragment.
-    let (srv, _h) = TestServer::start_built(
-        dir.clone(),
-        |s| s.ingest.pipeline_depth = 1,
-        move |b| b.with_segment_faults(f2),
-    )
-    .await;
+    let (srv, faults) = segment_faulty_server(&dir, 1).await;
     create(&srv, "s", 24).await;
     let src = sample("h264_720p_gop1s.mkv");
     let want = clusters_of(&src);
@@ -536,13 +545,13 @@ async fn segment_write_faults_fail_their_batch_and_torn_tails_are_cut_at_start()
 /// fragment's final ack in fragment order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_shares_batches_and_acks_stay_in_fragment_order() {
-    use streamvault::store::faults::Faults;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let faults = Arc::new(Faults::default());
-    let f2 = faults.clone();
-    let (srv, _h) =
-        TestServer::start_built(dir.clone(), |_| {}, move |b| b.with_segment_faults(f2)).await;
+    let (srv, faults) = segment_faulty_server(
+        &dir,
+        streamvault::config::IngestSettings::default().pipeline_depth,
+    )
+    .await;
     create(&srv, "s", 24).await;
     let src = sample("h264_720p_gop1s.mkv");
     let n = clusters_of(&src).len();

@@ -29,7 +29,7 @@ use super::{FragmentInfo, Ingest, LiveEvent, SessionHeaderBytes, StreamRuntime};
 use crate::fragmenter::{self, Fragmenter, Output, TimecodeMode};
 use crate::index::{SessionRecord, StreamRecord};
 use crate::model::FragmentNumber;
-use crate::store::{BlobKind, DataKey};
+use crate::store::DataKey;
 use crate::streams::Catalog;
 
 /// ErrorIds sent by the driver itself.
@@ -204,15 +204,13 @@ impl Driver {
                     .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
                     .await?;
                 self.session_id = Some(session_id);
-                let sealed = ctx
-                    .key
-                    .seal(BlobKind::SessionHeader, session_id, &h.header)
+                let (sealed, header) = ctx
+                    .catalog
+                    .store()
+                    .session_headers()
+                    .seal(&ctx.key, session_id, h.header, h.ebml_header_len)
                     .map_err(|e| crate::error::Error::internal(e.to_string()))?;
-                self.header = Some(Arc::new(SessionHeaderBytes {
-                    session_id,
-                    bytes: h.header,
-                    ebml_header_len: h.ebml_header_len,
-                }));
+                self.header = Some(header);
                 let rec = SessionRecord {
                     stream_id: ctx.stream.stream_id.clone(),
                     session_id,
