@@ -179,7 +179,7 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
     assert_eq!(report.fragments_decrypted, 17);
     for (row, bytes) in dd.fragments("f").await {
         assert!(
-            want.iter().any(|(_, c)| &c[..] == &bytes[..]),
+            want.iter().any(|(_, c)| c[..] == bytes[..]),
             "{}",
             row.seq
         );

@@ -411,8 +411,10 @@ mod tests {
 
     #[test]
     fn destinations() {
-        let mut s = Settings::default();
-        s.data_dir = "/d".into();
+        let s = Settings {
+            data_dir: "/d".into(),
+            ..Settings::default()
+        };
         assert_eq!(
             destination("s3://bucket/kvs/images", &s).unwrap(),
             Destination::Store("kvs/images".into())
