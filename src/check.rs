@@ -26,7 +26,8 @@ use aws_lc_rs::digest;
 
 use crate::clock::{Clock, SystemClock};
 use crate::index::{FragmentRecord, Index, SegmentRecord, StreamStats, retention_cutoff_ms};
-use crate::store::{BlobKind, DataKey, FragmentStore, StoreError, keys};
+use crate::store::session_headers::SessionHeaders;
+use crate::store::{DataKey, FragmentStore, StoreError, keys};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,7 +394,7 @@ pub async fn check_with(
                         if opts.deep
                             && let Some(k) = &key
                             && let Err(e) =
-                                k.open(BlobKind::SessionHeader, f.session_id, &rec.header_sealed)
+                                SessionHeaders::open(k, f.session_id, &rec.header_sealed)
                         {
                             report.problems.push(Problem::SessionUnreadable {
                                 stream_id: f.stream_id.clone(),

@@ -359,6 +359,9 @@ pub struct IngestSettings {
     /// turns it off (every fragment is new, as on AWS). Default `24h`.
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
+    /// Complete fragments of one upload being sealed or committed at once (their acks
+    /// stay in fragment order). 1 persists one fragment at a time. Default 8.
+    pub pipeline_depth: usize,
 }
 
 impl Default for IngestSettings {
@@ -375,6 +378,7 @@ impl Default for IngestSettings {
             idle_ack_interval: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
             dedupe_window: Duration::from_secs(24 * 3600),
+            pipeline_depth: 8,
         }
     }
 }

@@ -195,7 +195,6 @@ impl Server {
             self.settings.notifications.clone(),
             stop.clone(),
         );
-        ingest.set_notifier(notifier.clone());
         // Segments a crash left open are sealed and their torn tails cut before anything
         // is appended (I8).
         let store = self.catalog.store().clone();
@@ -215,15 +214,14 @@ impl Server {
             commit_stop.clone(),
         );
         ingest.set_committer(committer);
-        ingest.set_image_jobs(
-            crate::images::generation::Generator {
-                catalog: self.catalog.clone(),
-                images: images.clone(),
-                settings: self.settings.clone(),
-                notifier,
-            }
-            .spawn(stop.clone()),
-        );
+        crate::images::generation::Generator {
+            catalog: self.catalog.clone(),
+            images: images.clone(),
+            settings: self.settings.clone(),
+            notifier: notifier.clone(),
+        }
+        .spawn(ingest.persisted_events().subscribe(), stop.clone());
+        notifier.follow(ingest.persisted_events().subscribe(), stop.clone());
         let state = AppState {
             public_url: self.settings.public_base_url(addr).into(),
             settings: self.settings.clone(),

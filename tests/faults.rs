@@ -63,6 +63,23 @@ async fn stream_id(dd: &DataDir, name: &str) -> String {
         .stream_id
 }
 
+/// A server whose local segment writes and group commit follow a fault plan, persisting
+/// up to `pipeline_depth` fragments of an upload at once.
+async fn segment_faulty_server(
+    dir: &std::path::Path,
+    pipeline_depth: usize,
+) -> (TestServer, Arc<streamvault::store::faults::Faults>) {
+    let faults = Arc::new(streamvault::store::faults::Faults::default());
+    let f2 = faults.clone();
+    let (srv, _h) = TestServer::start_built(
+        dir.to_owned(),
+        |s| s.ingest.pipeline_depth = pipeline_depth,
+        move |b| b.with_segment_faults(f2),
+    )
+    .await;
+    (srv, faults)
+}
+
 /// A server over `<dir>/objects` through a fault-injecting store.
 async fn faulty_server(
     dir: &std::path::Path,
@@ -82,6 +99,8 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
     let tmp = tempfile::tempdir().unwrap();
     let (srv, _h, faults) = faulty_server(tmp.path(), |s| {
         s.ingest.max_connections_per_stream = 4;
+        // One fragment per batch, so each injected fault hits one fragment.
+        s.ingest.pipeline_depth = 1;
     })
     .await;
     create(&srv, "f", 24).await;
@@ -159,11 +178,7 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
     assert!(report.unreferenced_objects.is_empty());
     assert_eq!(report.fragments_decrypted, 17);
     for (row, bytes) in dd.fragments("f").await {
-        assert!(
-            want.iter().any(|(_, c)| &c[..] == &bytes[..]),
-            "{}",
-            row.seq
-        );
+        assert!(want.iter().any(|(_, c)| c[..] == bytes[..]), "{}", row.seq);
     }
     srv.stop().await.unwrap();
 }
@@ -172,7 +187,8 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
 async fn slow_store_slows_acks_but_loses_nothing() {
     const LATENCY: Duration = Duration::from_millis(250);
     let tmp = tempfile::tempdir().unwrap();
-    let (srv, _h, faults) = faulty_server(tmp.path(), |_| {}).await;
+    // One fragment at a time: each one waits for the slow store.
+    let (srv, _h, faults) = faulty_server(tmp.path(), |s| s.ingest.pipeline_depth = 1).await;
     create(&srv, "slow", 24).await;
     faults.set_latency(Op::Put, LATENCY);
     let src = sample("h264_720p_gop1s.mkv");
@@ -222,6 +238,8 @@ async fn failed_deletes_leave_garbage_rows_that_a_restart_completes() {
         |s| {
             s.retention.interval = Duration::from_secs(3600);
             s.gc.interval = Duration::from_secs(3600);
+            // One fragment per batch: ten one-batch segments.
+            s.ingest.pipeline_depth = 1;
         },
         |b| {
             b.with_clock(Arc::new(clock.clone()))
@@ -433,13 +451,10 @@ async fn check_reports_every_inconsistency_with_an_exit_code() {
 /// it) is reported as information, never served, and cut by the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_write_faults_fail_their_batch_and_torn_tails_are_cut_at_start() {
-    use streamvault::store::faults::Faults;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let faults = Arc::new(Faults::default());
-    let f2 = faults.clone();
-    let (srv, _h) =
-        TestServer::start_built(dir.clone(), |_| {}, move |b| b.with_segment_faults(f2)).await;
+    // One fragment per batch, so each injected fault hits one fragment.
+    let (srv, faults) = segment_faulty_server(&dir, 1).await;
     create(&srv, "s", 24).await;
     let src = sample("h264_720p_gop1s.mkv");
     let want = clusters_of(&src);
@@ -517,4 +532,65 @@ async fn segment_write_faults_fail_their_batch_and_torn_tails_are_cut_at_start()
     assert!(out.contains("0 segment tails"), "{out}");
     assert_eq!(dd.fragments("s").await.len(), 6);
     srv.stop().await.unwrap();
+}
+
+/// Pipelining (docs/design/ingest.md, P2–P3): with a slow disk, one stream's fragments
+/// queue at the committer while a batch is being synced, so several of them share one
+/// `fdatasync` (a persister with one fragment in flight needs one sync per fragment);
+/// a failed batch gets ERROR and the later fragments still get PERSISTED, every
+/// fragment's final ack in fragment order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_shares_batches_and_acks_stay_in_fragment_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let (srv, faults) = segment_faulty_server(
+        &dir,
+        streamvault::config::IngestSettings::default().pipeline_depth,
+    )
+    .await;
+    create(&srv, "s", 24).await;
+    let src = sample("h264_720p_gop1s.mkv");
+    let n = clusters_of(&src).len();
+    assert!(n >= 6, "{n}");
+    faults.set_latency(Op::Sync, Duration::from_millis(150));
+    faults.fail_next(Op::Sync, 1); // the first batch fails
+    let r = upload(&srv, "s", &src, "1795600000").await;
+    let buffering = numbers(&r, "BUFFERING");
+    assert_eq!(buffering.len(), n);
+    // The final ack of each fragment, in the order they were sent.
+    let finals: Vec<(String, String)> = r
+        .acks
+        .iter()
+        .filter(|a| matches!(a["EventType"].as_str(), Some("PERSISTED" | "ERROR")))
+        .map(|a| {
+            (
+                a["EventType"].as_str().unwrap().to_owned(),
+                a["FragmentNumber"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let order: Vec<&str> = finals.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        order,
+        buffering.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let failed = finals.iter().filter(|(k, _)| k == "ERROR").count();
+    assert!(failed >= 1, "{finals:?}");
+    assert!(
+        finals[failed..].iter().all(|(k, _)| k == "PERSISTED") && failed < n,
+        "ERRORs first (the failed batch), then PERSISTED: {finals:?}"
+    );
+    let syncs = faults.calls(Op::Sync) as usize;
+    assert!(
+        syncs < n,
+        "{syncs} fdatasyncs for {n} fragments of one stream: no fragment shared a batch"
+    );
+    assert_eq!(dd_rows(&dir, "s").await, n - failed);
+    let (code, out) = cli_check(&dir, true);
+    assert_eq!(code, 0, "{out}");
+    srv.stop().await.unwrap();
+}
+
+async fn dd_rows(dir: &std::path::Path, stream: &str) -> usize {
+    DataDir::open(dir).fragments(stream).await.len()
 }

@@ -19,7 +19,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::index::{FragmentTimes, RangePage, StreamRecord, TimestampKind};
 use crate::media::chunk;
 use crate::model::FragmentNumber;
-use crate::store::BlobKind;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -322,37 +321,22 @@ async fn get_media_for_fragment_list(
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let catalog = state.catalog.clone();
     tokio::spawn(async move {
-        let mut sessions: std::collections::HashMap<u64, (bytes::Bytes, usize)> =
-            Default::default();
         for row in rows {
             let number = FragmentNumber::new(stream.creation_ms, row.seq).to_string();
             let mut b = Vec::new();
-            let header = match sessions.get(&row.session_id) {
-                Some(h) => Ok(h.clone()),
-                None => match catalog
-                    .index()
-                    .get_session(&stream.stream_id, row.session_id)
-                    .await
-                {
-                    Ok(Some(rec)) => key
-                        .open(BlobKind::SessionHeader, row.session_id, &rec.header_sealed)
-                        .map(|h| {
-                            let len = chunk::ebml_header_len(&h);
-                            (bytes::Bytes::from(h), len)
-                        })
-                        .map_err(|e| e.to_string()),
-                    Ok(None) => Err("session header missing".to_owned()),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
+            let header = catalog
+                .store()
+                .session_headers()
+                .get(catalog.index().as_ref(), &key, row.session_id)
+                .await
+                .map_err(|e| e.to_string());
             let cluster = catalog.store().get_fragment(&key, &row).await;
             match (header, cluster) {
                 (Ok(h), Ok(cluster)) => {
-                    sessions.insert(row.session_id, h.clone());
                     chunk::prefix(
                         &mut b,
-                        &h.0,
-                        h.1,
+                        &h.bytes,
+                        h.ebml_header_len,
                         &number,
                         row.server_ts_ms,
                         row.producer_ts_ms,

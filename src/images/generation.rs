@@ -16,9 +16,9 @@
 //!   encrypted (streams named `.` and `..` get `%2E` and `%2E%2E`).
 //!
 //! The configuration is stored in the index (`stream_configs`, kind `image_generation`)
-//! and goes away with the stream. Work is queued from ingest after the fragment's
-//! PERSISTED ack and never slows ingest: when the queue is full the fragment is skipped
-//! with a warning.
+//! and goes away with the stream. The generator subscribes to ingest's "fragment
+//! persisted" events (published after each PERSISTED ack, `ingest::persisted`) and never
+//! slows ingest: when its queue is full the fragment is skipped with a warning.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{ImageService, Outcome, OutputSpec};
@@ -34,6 +34,7 @@ use crate::clock::epoch_secs_json;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
+use crate::ingest::persisted::FragmentPersisted;
 use crate::model::FragmentNumber;
 use crate::streams::Catalog;
 
@@ -41,7 +42,7 @@ use crate::streams::Catalog;
 pub const TAG: &str = "AWS_KINESISVIDEO_IMAGE_GENERATION";
 /// `stream_configs.kind` of the stored configuration.
 pub const CONFIG_KIND: &str = "image_generation";
-/// Queue length between ingest and the generator.
+/// Queue length between the event subscription and the generator.
 const QUEUE: usize = 256;
 /// Most images generated for one fragment.
 const MAX_IMAGES_PER_FRAGMENT: usize = 1000;
@@ -142,6 +143,40 @@ impl Job {
     }
 }
 
+/// Turns the "fragment persisted" events of tagged fragments into jobs. Never slows
+/// ingest: a full queue skips the fragment, a lag loses events; both with a warning.
+async fn subscribe(
+    mut events: broadcast::Receiver<Arc<FragmentPersisted>>,
+    tx: mpsc::Sender<Job>,
+    stop: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        match ev {
+            Ok(ev) if Job::wanted(&ev.fragment) => {
+                let job = Job {
+                    stream: ev.stream.clone(),
+                    fragment: ev.fragment.clone(),
+                };
+                if tx.try_send(job).is_err() {
+                    tracing::warn!(stream = %ev.stream.name, fragment_seq = ev.fragment.seq, "image generation queue full; fragment skipped");
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    events = n,
+                    "image generation fell behind; fragments skipped"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// The generator task: consumes jobs until `stop`.
 #[derive(Debug, Clone)]
 pub struct Generator {
@@ -153,9 +188,14 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Starts the task; returns the queue ingest sends to.
-    pub fn spawn(self, stop: CancellationToken) -> mpsc::Sender<Job> {
+    /// Starts the task, fed by the "fragment persisted" events (`ingest::persisted`).
+    pub fn spawn(
+        self,
+        events: broadcast::Receiver<Arc<FragmentPersisted>>,
+        stop: CancellationToken,
+    ) {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+        tokio::spawn(subscribe(events, tx, stop.clone()));
         let client = reqwest::Client::new();
         let this = Arc::new(self);
         run_isolated(
@@ -171,7 +211,6 @@ impl Generator {
                 }
             },
         );
-        tx
     }
 
     async fn handle(&self, client: &reqwest::Client, job: &Job) -> Result<()> {
@@ -379,8 +418,10 @@ mod tests {
 
     #[test]
     fn destinations() {
-        let mut s = Settings::default();
-        s.data_dir = "/d".into();
+        let s = Settings {
+            data_dir: "/d".into(),
+            ..Settings::default()
+        };
         assert_eq!(
             destination("s3://bucket/kvs/images", &s).unwrap(),
             Destination::Store("kvs/images".into())

@@ -3,8 +3,9 @@
 //! that class's open segment and makes it durable (local: one `fdatasync` per class;
 //! objects: one PUT), then commits all of the batch's rows and the segments' new durable
 //! ends in ONE index transaction (the re-upload check runs inside it), and only then
-//! answers each persister, which sends PERSISTED. Batches form by themselves: while one
-//! commit is in flight the next fragments queue up, and the next batch takes them all.
+//! answers each persister, which sends PERSISTED. Requests are committed in the order
+//! they were submitted. Batches form by themselves: while one commit is in flight the
+//! next fragments queue up, and the next batch takes them all.
 //! Object-store segments also wait for `store.flush_bytes` or `store.flush_age`.
 
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use crate::store::{FragmentStore, segment};
 
 /// Most bytes one local batch takes from the queue (the rest waits for the next one).
 const MAX_BATCH_BYTES: usize = 64 << 20;
-/// Requests queued at most (each persister has one in flight).
+/// Requests queued at most (each persister has up to `ingest.pipeline_depth` in
+/// flight; a full queue makes `submit` wait).
 const QUEUE: usize = 4096;
 
 /// What a persister gets back: the outcome and the row as stored (with its place), or
@@ -81,15 +83,18 @@ impl Committer {
         (Self { tx }, tokio::spawn(task.run(rx, stop)))
     }
 
-    /// Queues one sealed fragment of retention class `class` and waits until its batch is
-    /// durable and committed (or failed).
-    pub async fn commit(
+    /// Queues one sealed fragment of retention class `class` and returns at once with the
+    /// receiver of its answer (when its batch is durable and committed, or failed).
+    /// Requests are committed in the order they are submitted (a later request never goes
+    /// in an earlier batch), so a caller that submits in fragment order gets its rows
+    /// committed in that order.
+    pub async fn submit(
         &self,
         class: &'static str,
         sealed: Bytes,
         row: FragmentRecord,
         dedupe_since_ms: Option<EpochMillis>,
-    ) -> CommitResult {
+    ) -> Result<oneshot::Receiver<CommitResult>, String> {
         let (reply, rx) = oneshot::channel();
         let req = Request {
             class,
@@ -102,8 +107,7 @@ impl Committer {
             .send(req)
             .await
             .map_err(|_| "the committer has stopped".to_owned())?;
-        rx.await
-            .map_err(|_| "the committer stopped before the batch committed".to_owned())?
+        Ok(rx)
     }
 }
 

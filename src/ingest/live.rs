@@ -12,13 +12,7 @@ use super::budget::Budget;
 use super::hub::FragmentMemory;
 
 /// The header elements of one producer session, shared by its fragments.
-#[derive(Debug)]
-pub struct SessionHeaderBytes {
-    pub session_id: u64,
-    /// EBML header followed by the pre-cluster level-1 elements.
-    pub bytes: Bytes,
-    pub ebml_header_len: usize,
-}
+pub use crate::store::session_headers::SessionHeaderBytes;
 
 /// What the live hand-off publishes, in ingestion order.
 #[derive(Debug, Clone)]

@@ -3,8 +3,10 @@
 //! Each job has its own module: admission (connection and reader slots, the rate cap),
 //! the fragment-number allocator, the live hand-off (a byte-bounded broadcast, [`hub`],
 //! plus the stream's in-memory live state, `live`), the global memory budget
-//! ([`budget`]), and the session driver ([`session`]) that runs one upload. GetMedia
-//! readers drain the hand-off into byte-bounded output queues ([`reader_queue`]).
+//! ([`budget`]), the session driver ([`session`]) that runs one upload and its pipelined
+//! persister (`pipeline`), and the "fragment persisted" events ([`persisted`]) that
+//! image generation subscribes to. GetMedia readers drain the hand-off into byte-bounded
+//! output queues ([`reader_queue`]).
 
 pub mod ack;
 mod admission;
@@ -13,6 +15,8 @@ pub mod budget;
 pub mod commit;
 pub mod hub;
 mod live;
+pub mod persisted;
+mod pipeline;
 pub mod reader_queue;
 pub mod session;
 
@@ -83,10 +87,8 @@ pub struct Ingest {
     streams: Mutex<HashMap<String, Arc<StreamRuntime>>>,
     /// The memory budget of everything streams hold (see [`budget`]).
     budget: Budget,
-    /// Queue of the image generator (persisted fragments tagged for image generation).
-    image_jobs: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::images::generation::Job>>,
-    /// Notifications of persisted fragments tagged `AWS_KINESISVIDEO_NOTIFICATION`.
-    notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    /// "Fragment persisted" events (image generation subscribes).
+    persisted: persisted::PersistedEvents,
     /// The group committer every persister hands its sealed fragments to.
     committer: std::sync::OnceLock<commit::Committer>,
 }
@@ -99,8 +101,7 @@ impl Ingest {
             ),
             settings,
             streams: Mutex::default(),
-            image_jobs: std::sync::OnceLock::new(),
-            notifier: std::sync::OnceLock::new(),
+            persisted: persisted::PersistedEvents::default(),
             committer: std::sync::OnceLock::new(),
         }
     }
@@ -115,53 +116,9 @@ impl Ingest {
         self.committer.get()
     }
 
-    /// Connects the image generator (once, at server start).
-    pub fn set_image_jobs(&self, tx: tokio::sync::mpsc::Sender<crate::images::generation::Job>) {
-        let _ = self.image_jobs.set(tx);
-    }
-
-    /// Connects the notifier (once, at server start).
-    pub fn set_notifier(&self, n: crate::notify::Notifier) {
-        let _ = self.notifier.set(n);
-    }
-
-    /// The after-persist job for a fragment about to be persisted, when the producer
-    /// tagged it for image generation (and the generator runs) or for a notification (and
-    /// the notifier runs); the record is cloned only then. Hand it to
-    /// [`Ingest::queue_image_job`] once the fragment is persisted.
-    pub fn image_job(
-        &self,
-        stream: &crate::index::StreamRecord,
-        f: &crate::index::FragmentRecord,
-    ) -> Option<crate::images::generation::Job> {
-        use crate::images::generation::Job;
-        let images = Job::wanted(f) && self.image_jobs.get().is_some();
-        let notify = crate::notify::wanted(f) && self.notifier.get().is_some();
-        (images || notify).then(|| Job {
-            stream: stream.clone(),
-            fragment: f.clone(),
-        })
-    }
-
-    /// Runs an after-persist job: sends the fragment's notification and queues its image
-    /// generation, as tagged. Never waits; a full image queue drops the job with a
-    /// warning.
-    pub fn queue_image_job(&self, job: crate::images::generation::Job) {
-        if let Some(n) = self.notifier.get()
-            && crate::notify::wanted(&job.fragment)
-        {
-            n.fragment_persisted(&job.stream, &job.fragment);
-        }
-        let Some(tx) = self.image_jobs.get() else {
-            return;
-        };
-        if !crate::images::generation::Job::wanted(&job.fragment) {
-            return;
-        }
-        let (name, seq) = (job.stream.name.clone(), job.fragment.seq);
-        if tx.try_send(job).is_err() {
-            tracing::warn!(stream = %name, fragment_seq = seq, "image generation queue full; fragment skipped");
-        }
+    /// The "fragment persisted" events of every stream.
+    pub fn persisted_events(&self) -> &persisted::PersistedEvents {
+        &self.persisted
     }
 
     /// Runtime state of a stream (created on first use).

@@ -1,8 +1,8 @@
 //! One PutMedia upload: reads the request body as it arrives, feeds the fragmenter,
-//! sends BUFFERING / RECEIVED / ERROR / IDLE acks, and hands complete fragments to a
-//! sequential persister that seals them, hands them to the node's group committer
-//! (`super::commit`: bytes durable in a segment, row committed) and only then sends
-//! PERSISTED (the order of `docs/design/storage.md`).
+//! sends BUFFERING / RECEIVED / ERROR / IDLE acks, and hands complete fragments, in
+//! order, to the session's pipelined persister (`super::pipeline`), which seals them,
+//! hands them to the node's group committer (bytes durable in a segment, row committed)
+//! and only then sends PERSISTED, in fragment order.
 //!
 //! Back-pressure: body chunks are read only after the stream's rate cap allows them
 //! and the global memory budget has room; a slow store fills the persister's bounded
@@ -24,16 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::{Ack, AckSender};
 use super::budget::Reservation;
+use super::pipeline::{self, FragmentJob, Job, PERSIST_QUEUE};
 use super::{FragmentInfo, Ingest, LiveEvent, SessionHeaderBytes, StreamRuntime};
-use crate::check::content_hash;
-use crate::fragmenter::{self, Fragment, Fragmenter, Output, TimecodeMode};
-use crate::index::{FragmentRecord, RowOutcome, SessionRecord, StreamRecord};
+use crate::fragmenter::{self, Fragmenter, Output, TimecodeMode};
+use crate::index::{SessionRecord, StreamRecord};
 use crate::model::FragmentNumber;
-use crate::store::{BlobKind, DataKey};
+use crate::store::DataKey;
 use crate::streams::Catalog;
-
-/// Persist jobs queued at most (each holds one complete fragment).
-const PERSIST_QUEUE: usize = 4;
 
 /// ErrorIds sent by the driver itself.
 pub mod error_id {
@@ -57,18 +54,6 @@ pub struct SessionContext {
     /// A newer PutMedia connection for the stream took this one's place: stop reading,
     /// drop the open fragment (the producer re-sends it), persist what was completed, end.
     pub superseded: CancellationToken,
-}
-
-enum Job {
-    Session(SessionRecord),
-    Fragment {
-        fragment: Fragment,
-        seq: u64,
-        session_id: u64,
-        buffering_at: Instant,
-        received_at: Instant,
-        _mem: Reservation,
-    },
 }
 
 struct Driver {
@@ -101,7 +86,7 @@ where
     };
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
     let abort = CancellationToken::new();
-    let persister = tokio::spawn(persist_loop(ctx.clone(), persist_rx, abort.clone()));
+    let persister = tokio::spawn(pipeline::run(ctx.clone(), persist_rx, abort.clone()));
     let mut d = Driver {
         fragmenter: Fragmenter::new(limits, ctx.mode),
         ctx: ctx.clone(),
@@ -219,15 +204,13 @@ impl Driver {
                     .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
                     .await?;
                 self.session_id = Some(session_id);
-                let sealed = ctx
-                    .key
-                    .seal(BlobKind::SessionHeader, session_id, &h.header)
+                let (sealed, header) = ctx
+                    .catalog
+                    .store()
+                    .session_headers()
+                    .seal(&ctx.key, session_id, h.header, h.ebml_header_len)
                     .map_err(|e| crate::error::Error::internal(e.to_string()))?;
-                self.header = Some(Arc::new(SessionHeaderBytes {
-                    session_id,
-                    bytes: h.header,
-                    ebml_header_len: h.ebml_header_len,
-                }));
+                self.header = Some(header);
                 let rec = SessionRecord {
                     stream_id: ctx.stream.stream_id.clone(),
                     session_id,
@@ -281,14 +264,14 @@ impl Driver {
                 // held, charged up to its size.
                 let mut mem = self.held.split(fragment.cluster.len());
                 mem.grow(fragment.cluster.len() - mem.bytes());
-                let job = Job::Fragment {
+                let job = Job::Fragment(FragmentJob {
                     fragment,
                     seq,
                     session_id: self.session_id.unwrap_or_default(),
                     buffering_at,
                     received_at: Instant::now(),
                     _mem: mem,
-                };
+                });
                 // A full queue (slow store) waits here: back-pressure on the socket.
                 let _ = self.persist.send(job).await;
             }
@@ -338,176 +321,5 @@ impl Driver {
             });
             self.ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
         }
-    }
-}
-
-/// Persists jobs in order; PERSISTED only after object and row are durable.
-async fn persist_loop(
-    ctx: Arc<SessionContext>,
-    mut rx: mpsc::Receiver<Job>,
-    abort: CancellationToken,
-) {
-    let keep = ctx.stream.retention_hours > 0;
-    let mut failed_sessions = std::collections::HashSet::new();
-    while let Some(job) = rx.recv().await {
-        if abort.is_cancelled() {
-            continue;
-        }
-        match job {
-            Job::Session(rec) => {
-                if !keep {
-                    continue;
-                }
-                let id = rec.session_id;
-                if let Err(e) = ctx.catalog.index().insert_session(rec).await {
-                    tracing::error!(stream = %ctx.stream.name, error = %e, "cannot record upload session");
-                    failed_sessions.insert(id);
-                }
-            }
-            Job::Fragment {
-                fragment,
-                seq,
-                session_id,
-                buffering_at,
-                received_at,
-                _mem,
-            } => {
-                let number = FragmentNumber::new(ctx.stream.creation_ms, seq);
-                let tc = fragment.cluster_timecode;
-                if !keep {
-                    // Retention 0: live hand-off only; never PERSISTED.
-                    continue;
-                }
-                let fail = |id: u32| {
-                    metrics::counter!(crate::metrics::INGEST_ERRORS, "error_id" => id.to_string())
-                        .increment(1);
-                    ctx.acks.send(Ack::Error {
-                        timecode: Some(tc),
-                        number: Some(number),
-                        error_id: id,
-                    });
-                    ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
-                };
-                if failed_sessions.contains(&session_id) {
-                    fail(error_id::PERSIST_FAILED);
-                    continue;
-                }
-                match persist_fragment(&ctx, &fragment, seq, session_id).await {
-                    Ok(Persisted::Duplicate { original }) => {
-                        // Stored before (a producer re-sending after a lost ack): no new
-                        // object or row; PERSISTED names the stored fragment. The number
-                        // of this upload's BUFFERING/RECEIVED acks is never used.
-                        metrics::counter!(crate::metrics::INGEST_DUPLICATES).increment(1);
-                        tracing::info!(
-                            stream = %ctx.stream.name,
-                            fragment = %number,
-                            original = %FragmentNumber::new(ctx.stream.creation_ms, original),
-                            "re-sent fragment already stored; acknowledged with its original number"
-                        );
-                        ctx.acks.send(Ack::Persisted {
-                            timecode: tc,
-                            number: FragmentNumber::new(ctx.stream.creation_ms, original),
-                        });
-                        ctx.runtime.publish(LiveEvent::FragmentDropped { seq });
-                    }
-                    Ok(Persisted::New) => {
-                        metrics::counter!(crate::metrics::INGEST_FRAGMENTS).increment(1);
-                        metrics::histogram!(crate::metrics::ACK_BUFFERING_TO_PERSISTED)
-                            .record(buffering_at.elapsed().as_secs_f64());
-                        metrics::histogram!(crate::metrics::ACK_CLOSE_TO_PERSISTED)
-                            .record(received_at.elapsed().as_secs_f64());
-                        ctx.acks.send(Ack::Persisted {
-                            timecode: tc,
-                            number,
-                        });
-                        ctx.runtime.publish(LiveEvent::FragmentPersisted { seq });
-                    }
-                    Err(PersistError::StreamGone) => {
-                        tracing::info!(stream = %ctx.stream.name, "stream deleted during upload");
-                        fail(error_id::STREAM_DELETED);
-                        abort.cancel();
-                    }
-                    Err(PersistError::Failed(msg)) => {
-                        tracing::error!(stream = %ctx.stream.name, fragment = %number, error = %msg, "fragment not persisted");
-                        fail(error_id::PERSIST_FAILED);
-                    }
-                }
-            }
-        }
-    }
-}
-
-enum PersistError {
-    StreamGone,
-    Failed(String),
-}
-
-enum Persisted {
-    New,
-    /// Same stream, producer timestamp and bytes as the stored fragment `original`.
-    Duplicate {
-        original: u64,
-    },
-}
-
-/// Hash and seal, then hand the fragment to the group committer, which makes its batch
-/// durable and commits the rows in one transaction (the create order of
-/// `docs/design/storage.md`). With a dedupe window the re-upload check runs in that
-/// transaction: a fragment equal to a stored one (or to one earlier in the same batch)
-/// inserts nothing, and its bytes in the segment are garbage no row names (I4).
-async fn persist_fragment(
-    ctx: &SessionContext,
-    f: &Fragment,
-    seq: u64,
-    session_id: u64,
-) -> Result<Persisted, PersistError> {
-    let store = ctx.catalog.store();
-    let committer = ctx
-        .ingest
-        .committer()
-        .ok_or_else(|| PersistError::Failed("no committer running".into()))?;
-    let hash = content_hash(&f.cluster);
-    let window = ctx.ingest.settings.dedupe_window;
-    let dedupe_since =
-        (!window.is_zero()).then(|| ctx.catalog.clock().now_ms() - window.as_millis() as i64);
-    // The sealed copy exists until its batch is written.
-    let _sealing = ctx.ingest.budget().charge(f.cluster.len() + 64);
-    let sealed = store
-        .seal_fragment(&ctx.key, seq, &f.cluster)
-        .map_err(|e| PersistError::Failed(e.to_string()))?;
-    let rec = FragmentRecord {
-        stream_id: ctx.stream.stream_id.clone(),
-        seq,
-        session_id,
-        producer_ts_ms: f.producer_ts_ms,
-        server_ts_ms: f.server_ts_ms,
-        duration_ms: f.duration_ms,
-        producer_timecode: f.cluster_timecode as i64,
-        size: f.cluster.len() as u64,
-        // The committer fills in the place (segment, offset, sealed length).
-        object_key: String::new(),
-        object_size: 0,
-        object_offset: None,
-        content_hash: hash,
-        metadata: f.metadata.clone(),
-    };
-    let class = crate::store::keys::retention_class(ctx.stream.retention_hours);
-    let (outcome, stored) = committer
-        .commit(class, sealed, rec, dedupe_since)
-        .await
-        .map_err(PersistError::Failed)?;
-    match outcome {
-        RowOutcome::Inserted => {
-            if let Some(job) = ctx.ingest.image_job(&ctx.stream, &stored) {
-                ctx.ingest.queue_image_job(job);
-            }
-            Ok(Persisted::New)
-        }
-        RowOutcome::Duplicate(orig) => Ok(Persisted::Duplicate { original: orig.seq }),
-        RowOutcome::StreamGone => Err(PersistError::StreamGone),
-        RowOutcome::SeqTaken => Err(PersistError::Failed(format!(
-            "fragment number already used: stream_id={} seq={seq}",
-            ctx.stream.stream_id
-        ))),
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::index::{FragmentRecord, StreamRecord};
 use crate::mkv::{self, Event, ids};
-use crate::store::{BlobKind, DataKey};
+use crate::store::DataKey;
 use crate::streams::Catalog;
 
 /// What a session header says about its tracks.
@@ -192,19 +192,14 @@ impl FragmentLoader {
         if let Some(s) = self.sessions.get(&session_id) {
             return Ok(s.clone());
         }
-        let rec = self
+        let header = self
             .catalog
-            .index()
-            .get_session(&self.stream.stream_id, session_id)
-            .await?
-            .ok_or_else(|| {
-                Error::internal(format!("session header missing: session={session_id}"))
-            })?;
-        let bytes = self
-            .key
-            .open(BlobKind::SessionHeader, session_id, &rec.header_sealed)
+            .store()
+            .session_headers()
+            .get(self.catalog.index().as_ref(), &self.key, session_id)
+            .await
             .map_err(|e| Error::internal(e.to_string()))?;
-        let info = Arc::new(parse_session_header(&bytes)?);
+        let info = Arc::new(parse_session_header(&header.bytes)?);
         self.sessions.insert(session_id, info.clone());
         Ok(info)
     }

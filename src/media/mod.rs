@@ -13,7 +13,6 @@
 pub mod chunk;
 pub mod demux;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use crate::ingest::{
 };
 use crate::mkv;
 use crate::model::FragmentNumber;
-use crate::store::{BlobKind, DataKey, StoreError};
+use crate::store::{DataKey, StoreError};
 use crate::streams::Catalog;
 
 /// Where a GetMedia session starts.
@@ -56,7 +55,6 @@ pub struct Reader {
     key: Arc<DataKey>,
     runtime: Arc<StreamRuntime>,
     out: QueueSender,
-    sessions: HashMap<u64, Arc<SessionHeaderBytes>>,
     /// The last fragment sent completely.
     after: Option<u64>,
     /// A fragment sent in part: (seq, frames sent).
@@ -86,7 +84,6 @@ impl Reader {
             key,
             runtime,
             out,
-            sessions: HashMap::new(),
             after: None,
             partial: None,
             stored,
@@ -218,27 +215,12 @@ impl Reader {
     }
 
     async fn session(&mut self, session_id: u64) -> Result<Arc<SessionHeaderBytes>, Stop> {
-        if let Some(h) = self.sessions.get(&session_id) {
-            return Ok(h.clone());
-        }
-        let rec = self
-            .catalog
-            .index()
-            .get_session(&self.stream.stream_id, session_id)
+        self.catalog
+            .store()
+            .session_headers()
+            .get(self.catalog.index().as_ref(), &self.key, session_id)
             .await
-            .map_err(|e| Stop::Failed(e.to_string()))?
-            .ok_or_else(|| Stop::Failed(format!("session header missing: session={session_id}")))?;
-        let bytes = self
-            .key
-            .open(BlobKind::SessionHeader, session_id, &rec.header_sealed)
-            .map_err(|e| Stop::Failed(e.to_string()))?;
-        let h = Arc::new(SessionHeaderBytes {
-            session_id,
-            ebml_header_len: chunk::ebml_header_len(&bytes),
-            bytes: Bytes::from(bytes),
-        });
-        self.sessions.insert(session_id, h.clone());
-        Ok(h)
+            .map_err(|e| Stop::Failed(e.to_string()))
     }
 
     /// Whether a fragment of the live snapshot (which holds the last fragments in
@@ -337,9 +319,6 @@ impl Reader {
             info.producer_ts_ms,
         );
         chunk::live_cluster_start(b, info.cluster_timecode);
-        self.sessions
-            .entry(h.session_id)
-            .or_insert_with(|| h.clone());
         self.partial = Some((info.seq, 0));
     }
 

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The same plan also drives the local segment backend and the group commit
-//! (`Op::Append`, `Op::Sync`, `Op::IndexCommit`; `Server::builder(..).with_segment_faults`).
+//! (`Op::Append`, `Op::Sync`, `Op::IndexCommit`; `Server::builder(..).with_segment_faults`);
+//! a latency on `Op::Append` or `Op::Sync` makes the local segment writes slow (a slow disk).
 //!
 //! Faults never corrupt an object that was written successfully: every fault happens
 //! in place of (or after) one call, the way a network or disk failure does.

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod faults;
 pub mod keys;
 pub mod segment;
+pub mod session_headers;
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub struct ListedObject {
 pub struct FragmentStore {
     objects: Arc<dyn ObjectStore>,
     keyring: Arc<Keyring>,
+    /// Seals, opens and caches session headers (shared by clones).
+    headers: Arc<session_headers::SessionHeaders>,
     /// The local backend's directory, where segments are appended to in place; `None`:
     /// one object per flushed segment.
     local_root: Option<std::path::PathBuf>,
@@ -73,6 +76,7 @@ impl FragmentStore {
         Self {
             objects,
             keyring,
+            headers: Arc::default(),
             local_root: None,
         }
     }
@@ -116,6 +120,11 @@ impl FragmentStore {
         plaintext: &[u8],
     ) -> Result<Bytes, StoreError> {
         Ok(Bytes::from(key.seal(BlobKind::Fragment, seq, plaintext)?))
+    }
+
+    /// The one home of session headers: sealing, opening, the cache.
+    pub fn session_headers(&self) -> &session_headers::SessionHeaders {
+        &self.headers
     }
 
     pub fn keyring(&self) -> &Arc<Keyring> {

@@ -180,7 +180,16 @@ impl SegmentWriter {
                     end += b.len() as u64;
                 }
                 let faults = self.faults.clone();
-                let fault = move |op| faults.as_ref().and_then(|f| f.enter(op).1);
+                // A fault plan's latency for the op is slept here, on the blocking thread (a slow disk).
+                let fault = move |op| {
+                    faults.as_ref().and_then(|f| {
+                        let (latency, fault) = f.enter(op);
+                        if !latency.is_zero() {
+                            std::thread::sleep(latency);
+                        }
+                        fault
+                    })
+                };
                 let k = key.clone();
                 let r = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                     let mut f: &File = &file;

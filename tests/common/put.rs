@@ -234,4 +234,3 @@ pub async fn put_media(
     });
     put_media_stream(addr, headers, rx).await
 }
-
