@@ -5,12 +5,16 @@
 //! every GetMedia reader's output queue. Memory is held through [`Reservation`] guards
 //! that give their bytes back when dropped, so no path can forget to release.
 //!
-//! Only producers wait ([`Budget::reserve`]: the upload stops reading its socket while
-//! the budget is exhausted). Everything downstream is [`Budget::charge`]d at once, even
-//! past the limit, because it is already bounded by its own cap (persist queue, live
-//! buffer, reader queue) and is released by progress that never waits on the budget, so
-//! readers and persistence never wait on it; an overshoot only keeps producers waiting
-//! longer.
+//! Only producers wait ([`Budget::reserve`]): the upload stops reading its socket while
+//! the budget is exhausted, and a complete fragment is handed to persistence only once
+//! its whole footprint there (its plaintext and its sealed copy) is reserved. What the
+//! persisters hold is *draining* ([`Reservation::set_draining`]): it is released by
+//! progress that never waits on the budget. Everything else downstream is
+//! [`Budget::charge`]d at once, even past the limit, because it is already bounded by
+//! its own cap (live buffer, reader queue) and must not wait (readers never wait on the
+//! budget). A producer waits only while something is draining: when nothing is, waiting
+//! could not end (every byte is held by open fragments or readers), so it goes past the
+//! limit instead, counted in [`OVERSHOOTS_METRIC`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,11 +25,20 @@ use tokio::sync::Notify;
 pub const USED_METRIC: &str = "streamvault_memory_budget_used_bytes";
 /// Times an upload had to wait for the budget (counter).
 pub const WAITS_METRIC: &str = "streamvault_memory_budget_waits_total";
+/// Times a producer went past the limit because nothing was draining (counter).
+pub const OVERSHOOTS_METRIC: &str = "streamvault_memory_budget_overshoots_total";
+/// Most bytes ever in use under the budget since start (gauge).
+pub const PEAK_METRIC: &str = "streamvault_memory_budget_peak_bytes";
+/// Bytes the budget is over its limit at most since start (gauge): what the charges
+/// that must not wait added on top of the limit.
+pub const OVER_METRIC: &str = "streamvault_memory_budget_peak_over_limit_bytes";
 
 #[derive(Debug)]
 struct Inner {
     limit: usize,
     used: AtomicUsize,
+    /// The part of `used` held by draining reservations.
+    draining: AtomicUsize,
     peak: AtomicUsize,
     freed: Notify,
 }
@@ -39,6 +52,7 @@ impl Budget {
         Self(Arc::new(Inner {
             limit: limit.max(1),
             used: AtomicUsize::new(0),
+            draining: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             freed: Notify::new(),
         }))
@@ -53,6 +67,11 @@ impl Budget {
         self.0.used.load(Ordering::Acquire)
     }
 
+    /// Bytes held by draining reservations now.
+    pub fn draining(&self) -> usize {
+        self.0.draining.load(Ordering::Acquire)
+    }
+
     /// Most bytes ever held at once.
     pub fn peak(&self) -> usize {
         self.0.peak.load(Ordering::Acquire)
@@ -60,8 +79,15 @@ impl Budget {
 
     fn add(&self, bytes: usize) {
         let now = self.0.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        self.0.peak.fetch_max(now, Ordering::AcqRel);
+        self.note_peak(now);
         metrics::gauge!(USED_METRIC).increment(bytes as f64);
+    }
+
+    fn note_peak(&self, now: usize) {
+        if self.0.peak.fetch_max(now, Ordering::AcqRel) < now {
+            metrics::gauge!(PEAK_METRIC).set(now as f64);
+            metrics::gauge!(OVER_METRIC).set(now.saturating_sub(self.0.limit) as f64);
+        }
     }
 
     /// Counts `bytes` at once, past the limit if need be (memory that exists already
@@ -71,6 +97,7 @@ impl Budget {
         Reservation {
             budget: self.clone(),
             bytes,
+            draining: false,
         }
     }
 
@@ -88,11 +115,12 @@ impl Budget {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.0.peak.fetch_max(cur + bytes, Ordering::AcqRel);
+                    self.note_peak(cur + bytes);
                     metrics::gauge!(USED_METRIC).increment(bytes as f64);
                     return Some(Reservation {
                         budget: self.clone(),
                         bytes,
+                        draining: false,
                     });
                 }
                 Err(actual) => cur = actual,
@@ -101,7 +129,8 @@ impl Budget {
     }
 
     /// Waits until `bytes` fit under the limit, then takes them. `on_wait` runs once,
-    /// before the first wait (a caller can shed memory there).
+    /// before the first wait (a caller can shed memory there). While nothing is draining
+    /// no release is coming: the bytes are taken past the limit instead.
     pub async fn reserve(&self, bytes: usize, on_wait: impl FnOnce()) -> Reservation {
         let mut on_wait = Some(on_wait);
         loop {
@@ -116,6 +145,10 @@ impl Budget {
                 f();
                 continue;
             }
+            if self.draining() == 0 {
+                metrics::counter!(OVERSHOOTS_METRIC).increment(1);
+                return self.charge(bytes);
+            }
             freed.await;
         }
     }
@@ -126,6 +159,8 @@ impl Budget {
 pub struct Reservation {
     budget: Budget,
     bytes: usize,
+    /// Counted in the budget's draining bytes too.
+    draining: bool,
 }
 
 impl Reservation {
@@ -136,22 +171,48 @@ impl Reservation {
     /// Counts `more` bytes in this reservation (at once, like [`Budget::charge`]).
     pub fn grow(&mut self, more: usize) {
         self.budget.add(more);
+        if self.draining {
+            self.budget.0.draining.fetch_add(more, Ordering::AcqRel);
+        }
         self.bytes += more;
     }
 
-    /// Moves up to `n` bytes into a new reservation.
+    /// Marks the bytes as draining: released by progress that never waits on the budget
+    /// (a fragment handed to persistence), so producers may wait for them.
+    pub fn set_draining(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            self.budget
+                .0
+                .draining
+                .fetch_add(self.bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Moves up to `n` bytes into a new reservation (draining if this one is).
     pub fn split(&mut self, n: usize) -> Reservation {
         let n = n.min(self.bytes);
         self.bytes -= n;
         Reservation {
             budget: self.budget.clone(),
             bytes: n,
+            draining: self.draining,
         }
     }
 
-    /// Takes over `other`'s bytes.
+    /// Takes over `other`'s bytes (they become draining if this reservation is).
     pub fn merge(&mut self, mut other: Reservation) {
-        self.bytes += std::mem::take(&mut other.bytes);
+        let n = std::mem::take(&mut other.bytes);
+        match (self.draining, other.draining) {
+            (true, false) => {
+                self.budget.0.draining.fetch_add(n, Ordering::AcqRel);
+            }
+            (false, true) => {
+                self.budget.0.draining.fetch_sub(n, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+        self.bytes += n;
     }
 
     /// Gives back everything above `n` bytes.
@@ -168,6 +229,12 @@ impl Drop for Reservation {
             return;
         }
         self.budget.0.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.draining {
+            self.budget
+                .0
+                .draining
+                .fetch_sub(self.bytes, Ordering::AcqRel);
+        }
         metrics::gauge!(USED_METRIC).decrement(self.bytes as f64);
         self.budget.0.freed.notify_waiters();
     }
@@ -201,7 +268,8 @@ mod tests {
     #[tokio::test]
     async fn reserve_waits_for_a_release_and_sheds_first() {
         let b = Budget::new(100);
-        let held = b.charge(100);
+        let mut held = b.charge(100);
+        held.set_draining();
         let b2 = b.clone();
         let shed = Arc::new(AtomicUsize::new(0));
         let s2 = shed.clone();
@@ -217,5 +285,50 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), 60);
         assert_eq!(shed.load(Ordering::SeqCst), 1);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn draining_bytes_follow_split_merge_grow_and_drop() {
+        let b = Budget::new(1000);
+        let mut r = b.charge(300);
+        r.set_draining();
+        assert_eq!(b.draining(), 300);
+        r.grow(100);
+        let part = r.split(150);
+        assert_eq!(b.draining(), 400);
+        drop(part);
+        assert_eq!(b.draining(), 250);
+        let mut plain = b.charge(50);
+        plain.merge(r);
+        assert_eq!((b.draining(), b.used()), (0, 300), "merged into a non-draining one");
+        let mut d = b.charge(0);
+        d.set_draining();
+        d.merge(plain);
+        assert_eq!(b.draining(), 300);
+        drop(d);
+        assert_eq!((b.draining(), b.used()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_only_while_something_drains() {
+        let b = Budget::new(100);
+        // Held by something that is not draining (an open fragment, a reader queue):
+        // waiting could not end, so the reservation goes past the limit.
+        let held = b.charge(100);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), b.reserve(60, || {}))
+            .await
+            .expect("no wait while nothing drains");
+        assert_eq!(b.used(), 160);
+        drop((held, r));
+        // Held by a persister: the producer waits for it.
+        let mut draining = b.charge(100);
+        draining.set_draining();
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move { b2.reserve(60, || {}).await.bytes() });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "went past the limit while a release was coming");
+        drop(draining);
+        assert_eq!(waiter.await.unwrap(), 60);
+        assert!(b.peak() <= 160);
     }
 }

@@ -6,9 +6,10 @@
 //! other. PERSISTED is sent only once the committer answered that the fragment's batch is
 //! durable and its row committed (the order of `docs/design/storage.md`).
 //!
-//! Memory: a fragment's job carries the budget share of its plaintext until its ack; the
-//! sealed copy is charged from the start of sealing until the committer answered (it
-//! sits in the committer's queue and batch meanwhile).
+//! Memory: a fragment's job carries its whole budget share until its ack, reserved by
+//! the driver before the job was queued: the plaintext and the sealed copy. Once sealed,
+//! the plaintext is dropped and the share shrinks to the sealed copy, which sits in the
+//! committer's queue and batch until it answers.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ use crate::model::FragmentNumber;
 /// Persist jobs queued at most between the driver and the persister.
 pub const PERSIST_QUEUE: usize = 4;
 
+/// Bytes sealing adds to a fragment at most (envelope header with a stream id of up to
+/// 255 bytes, nonce, tag), reserved with it.
+pub const SEAL_OVERHEAD: usize = 320;
+
 /// What the driver hands the persister, in the session's order.
 pub enum Job {
     Session(SessionRecord),
@@ -42,13 +47,17 @@ pub enum Job {
 
 /// One complete fragment.
 pub struct FragmentJob {
+    /// The fragment; its cluster bytes are taken for sealing and dropped after.
     pub fragment: Fragment,
+    /// The cluster's size in bytes (plaintext).
+    pub size: usize,
     pub seq: u64,
     pub session_id: u64,
     pub buffering_at: Instant,
     pub received_at: Instant,
-    /// The fragment's plaintext under the budget; held until its ack.
-    pub _mem: Reservation,
+    /// The fragment's plaintext and sealed copy under the budget (draining); shrinks to
+    /// the sealed copy once sealed, held until the ack.
+    pub mem: Reservation,
 }
 
 /// A job after sealing (stage 1).
@@ -58,7 +67,6 @@ enum Sealed {
         job: FragmentJob,
         /// (content hash, sealed bytes) or why sealing failed.
         sealed: Result<(String, Bytes), String>,
-        seal_mem: Reservation,
     },
 }
 
@@ -112,17 +120,15 @@ pub async fn run(ctx: Arc<SessionContext>, mut rx: mpsc::Receiver<Job>, abort: C
     }
 }
 
-/// Stage 1: hash and seal a fragment on the blocking pool.
+/// Stage 1: hash and seal a fragment on the blocking pool, then drop its plaintext.
 fn seal(ctx: &Arc<SessionContext>, job: Job) -> BoxFuture<'static, Sealed> {
-    let job = match job {
+    let mut job = match job {
         Job::Session(rec) => return futures::future::ready(Sealed::Session(rec)).boxed(),
         Job::Fragment(job) => job,
     };
-    // The sealed copy exists until its batch is written.
-    let seal_mem = ctx.ingest.budget().charge(job.fragment.cluster.len() + 64);
     let ctx = ctx.clone();
     async move {
-        let (cluster, seq) = (job.fragment.cluster.clone(), job.seq);
+        let (cluster, seq) = (std::mem::take(&mut job.fragment.cluster), job.seq);
         let work = tokio::task::spawn_blocking(move || {
             let hash = content_hash(&cluster);
             ctx.catalog
@@ -135,11 +141,11 @@ fn seal(ctx: &Arc<SessionContext>, job: Job) -> BoxFuture<'static, Sealed> {
             Ok(r) => r,
             Err(e) => Err(format!("sealing task failed: {e}")),
         };
-        Sealed::Fragment {
-            job,
-            sealed,
-            seal_mem,
+        // The plaintext is gone; the sealed copy remains until the committer answers.
+        if let Ok((_, b)) = &sealed {
+            job.mem.shrink_to(b.len());
         }
+        Sealed::Fragment { job, sealed }
     }
     .boxed()
 }
@@ -155,7 +161,7 @@ async fn submit(
     failed_sessions: &mut HashSet<u64>,
     abort: &CancellationToken,
 ) -> Option<BoxFuture<'static, Done>> {
-    let (job, sealed, seal_mem) = match s {
+    let (job, sealed) = match s {
         Sealed::Session(rec) => {
             let id = rec.session_id;
             if let Err(e) = ctx.catalog.index().insert_session(rec).await {
@@ -164,11 +170,7 @@ async fn submit(
             }
             return None;
         }
-        Sealed::Fragment {
-            job,
-            sealed,
-            seal_mem,
-        } => (job, sealed, seal_mem),
+        Sealed::Fragment { job, sealed } => (job, sealed),
     };
     if abort.is_cancelled() {
         return None;
@@ -202,7 +204,7 @@ async fn submit(
         server_ts_ms: f.server_ts_ms,
         duration_ms: f.duration_ms,
         producer_timecode: f.cluster_timecode as i64,
-        size: f.cluster.len() as u64,
+        size: job.size as u64,
         // The committer fills in the place (segment, offset, sealed length).
         object_key: String::new(),
         object_size: 0,
@@ -219,7 +221,6 @@ async fn submit(
     Some(
         async move {
             let result = answer(reply, &stream_id, job.seq).await;
-            drop(seal_mem);
             Done { job, result }
         }
         .boxed(),

@@ -10,7 +10,8 @@
 //!
 //! Memory: the driver reserves a chunk's bytes before parsing it and keeps as much as
 //! the fragmenter buffers; a complete fragment takes its share along to the persister,
-//! which also charges the sealed copy while it is written. The live copies of frames
+//! after the driver reserved (waiting if need be) the rest of its footprint there, the
+//! sealed copy. The live copies of frames
 //! are counted by the live state (`super::LiveState`).
 
 use std::collections::HashMap;
@@ -261,16 +262,28 @@ impl Driver {
                     metadata: Arc::new(fragment.metadata.clone()),
                 });
                 // The complete fragment is a new copy: it takes the budget the builder
-                // held, charged up to its size.
-                let mut mem = self.held.split(fragment.cluster.len());
-                mem.grow(fragment.cluster.len() - mem.bytes());
+                // held. Its footprint in the persister (the rest of its size and the
+                // sealed copy) is reserved before it is handed on, waiting if need be:
+                // a slow store slows the producer instead of growing memory.
+                let len = fragment.cluster.len();
+                let mut mem = self.held.split(len);
+                let more = len - mem.bytes() + len + pipeline::SEAL_OVERHEAD;
+                let ingest = ctx.ingest.clone();
+                mem.merge(
+                    ctx.ingest
+                        .budget()
+                        .reserve(more, || ingest.shed_live_buffers())
+                        .await,
+                );
+                mem.set_draining();
                 let job = Job::Fragment(FragmentJob {
+                    size: len,
                     fragment,
                     seq,
                     session_id: self.session_id.unwrap_or_default(),
                     buffering_at,
                     received_at: Instant::now(),
-                    _mem: mem,
+                    mem,
                 });
                 // A full queue (slow store) waits here: back-pressure on the socket.
                 let _ = self.persist.send(job).await;

@@ -254,10 +254,9 @@ impl DataKey {
         // The nonce is chosen inside `seal`; the header carries it, so authenticate the
         // header without the nonce bytes and the nonce through GCM itself.
         let aad = self.aad(&out[..header_len - NONCE_LEN], identity);
-        let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        let nonce = self.key.seal(&aad, plaintext, &mut body)?;
+        // Encrypted in place after the header: one copy of the plaintext.
+        let nonce = self.key.seal(&aad, plaintext, &mut out)?;
         out[header_len - NONCE_LEN..header_len].copy_from_slice(&nonce);
-        out.extend_from_slice(&body);
         Ok(out)
     }
 
