@@ -62,6 +62,13 @@ pub const ACK_BUFFERING_TO_PERSISTED: &str = "streamvault_ack_buffering_to_persi
 pub const ACK_CLOSE_TO_PERSISTED: &str = "streamvault_ack_close_to_persisted_seconds";
 /// Fragments per group commit (one durable write and one index transaction each).
 pub const COMMIT_BATCH_FRAGMENTS: &str = "streamvault_commit_batch_fragments";
+/// Seconds a group commit spent making its batch's bytes durable (segment appends and
+/// `fdatasync`, or the PUT).
+pub const COMMIT_WRITE_SECONDS: &str = "streamvault_commit_write_seconds";
+/// Seconds a group commit spent in its index transaction.
+pub const COMMIT_INDEX_SECONDS: &str = "streamvault_commit_index_seconds";
+/// Bytes per group commit.
+pub const COMMIT_BATCH_BYTES: &str = "streamvault_commit_batch_bytes";
 /// Acks dropped because the client did not read them.
 pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
 /// GetImages instants answered, by outcome (`image`, `no_media`, `media_error`).

@@ -9,7 +9,11 @@
 //! `seq_reserved` moved past them. Server timestamps end "now" so the retention view
 //! (stream retention 8 days) shows them all. ListFragments needs no objects; for
 //! `restart` the objects can also be created (`--objects`: empty files, mtime 2 h ago, so
-//! startup recovery lists and checks every one as it would real fragments).
+//! startup recovery lists and checks every one as it would real fragments). With
+//! `--segments` the rows are addressed into shared segments instead, as ingest writes them
+//! since issue 14 (256 MiB segments of the stream's retention class, sealed, with their
+//! `segments` rows); `--objects` then creates the segment files (sparse, at their durable
+//! length).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,6 +24,12 @@ use crate::http::{JsonClient, Target, create_stream};
 use crate::stats::Samples;
 
 pub const FRAGMENT_MS: i64 = 2_000;
+/// The stream's retention (8 days: every row is in the retention view).
+const RETENTION_HOURS: i64 = 192;
+/// A row's sealed fragment size.
+const SEALED_SIZE: i64 = 250_060;
+/// Fragments per 256 MiB segment.
+const PER_SEGMENT: u64 = (256 << 20) / SEALED_SIZE as u64;
 
 /// Writes `rows` fragments of stream `name` into a stopped server's index; returns the
 /// stream id and the first producer/server timestamp (ms).
@@ -28,6 +38,7 @@ pub fn populate(
     name: &str,
     rows: u64,
     objects: bool,
+    segments: bool,
 ) -> anyhow::Result<(String, i64)> {
     let mut c = Connection::open(data_dir.join("index.sqlite3"))?;
     c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
@@ -45,12 +56,32 @@ pub fn populate(
     {
         let mut st = tx.prepare(
             "INSERT INTO fragments (stream_id, seq, session_id, producer_ts_ms, server_ts_ms, \
-             duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata) \
-             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '[]')",
+             duration_ms, producer_timecode, size, object_key, object_size, content_hash, metadata, \
+             object_offset) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '[]', ?11)",
         )?;
+        let mut seg = tx.prepare(
+            "INSERT INTO segments (object_key, class, created_ms, durable_end, sealed) \
+             VALUES (?1, ?2, ?3, ?4, 1)",
+        )?;
+        let class = streamvault::store::keys::retention_class(RETENTION_HOURS);
+        let mut segment: Option<(String, i64)> = None;
         for seq in 0..rows {
             let ts = t0 + seq as i64 * FRAGMENT_MS;
-            let key = streamvault::store::keys::fragment_key(&id, seq).to_string();
+            let (key, offset) = if segments {
+                let (nr, k) = (seq / PER_SEGMENT, seq % PER_SEGMENT);
+                if k == 0 {
+                    let key =
+                        streamvault::store::keys::segment_key(class, ts, nr).to_string();
+                    let end = (rows - seq).min(PER_SEGMENT) as i64 * SEALED_SIZE;
+                    seg.execute(params![key, class, ts, end])?;
+                    segment = Some((key, end));
+                }
+                let key = segment.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+                (key, Some(k as i64 * SEALED_SIZE))
+            } else {
+                let key = streamvault::store::keys::fragment_key(&id, seq).to_string();
+                (key, None)
+            };
             st.execute(params![
                 id,
                 seq as i64,
@@ -60,9 +91,20 @@ pub fn populate(
                 seq as i64 * FRAGMENT_MS,
                 250_000i64,
                 key,
-                250_060i64,
-                hash
+                SEALED_SIZE,
+                hash,
+                offset
             ])?;
+            if objects
+                && segments
+                && let Some((key, end)) = segment.take_if(|_| seq % PER_SEGMENT == 0)
+            {
+                // Sparse: the right length, no disk space.
+                let path = data_dir.join("objects").join(&key);
+                std::fs::create_dir_all(path.parent().expect("segment dir"))?;
+                std::fs::File::create(&path)?.set_len(end as u64)?;
+                segment = Some((key, end));
+            }
         }
         tx.execute(
             "UPDATE streams SET seq_reserved = ?2 WHERE stream_id = ?1",
@@ -71,7 +113,7 @@ pub fn populate(
     }
     tx.commit()?;
     c.execute_batch("ANALYZE; PRAGMA wal_checkpoint(TRUNCATE);")?;
-    if objects {
+    if objects && !segments {
         let dir = data_dir
             .join("objects")
             .join("streams")
@@ -90,7 +132,7 @@ pub fn populate(
 /// Creates the stream through the API of a running server.
 pub async fn create(target: &Target, name: &str) -> anyhow::Result<()> {
     let mut c = JsonClient::connect(target).await?;
-    create_stream(&mut c, name, 8 * 24).await
+    create_stream(&mut c, name, RETENTION_HOURS as u32).await
 }
 
 /// Result of the ListFragments measurement.

@@ -9,7 +9,7 @@
 //! cargo bench --bench load -- <scenario> [options]
 //!   scenarios: one-stream | cameras | readers | live-tail | list-fragments | restart | all
 //!   --streams N --readers M --duration S --baseline-duration S --pace max|cluster|frame
-//!   --sample FILE --merge N --rows N --windows N --starts N --objects --quickack --no-baselines --s3
+//!   --sample FILE --merge N --rows N --windows N --starts N --objects --segments --quickack --no-baselines --s3
 //!   --endpoint http://HOST:PORT [--server-pid PID] --no-auth --json out.json
 //! ```
 
@@ -36,7 +36,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- <one-stream|cameras|readers|live-tail|list-fragments|restart|all> \
          [--streams N] [--readers M] [--duration S] [--baseline-duration S] [--pace max|cluster|frame] \
-         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--quickack] [--no-baselines] [--s3] \
+         [--sample FILE] [--merge N] [--rows N] [--windows N] [--starts N] [--objects] [--segments] [--quickack] [--no-baselines] [--s3] \
          [--endpoint URL] [--server-pid PID] [--no-auth] [--json FILE]"
     );
     std::process::exit(2)
@@ -73,6 +73,7 @@ fn parse() -> (Vec<String>, Opts) {
             "--windows" => o.windows = Some(num(val(&a)) as usize),
             "--starts" => o.starts = Some(num(val(&a)) as usize),
             "--objects" => o.objects = true,
+            "--segments" => o.segments = true,
             "--quickack" => o.quickack = true,
             "--s3" => o.s3 = true,
             "--merge" => o.merge = Some(num(val(&a)) as usize),

@@ -34,6 +34,8 @@ pub struct Opts {
     pub windows: Option<usize>,
     pub starts: Option<usize>,
     pub objects: bool,
+    /// `restart`: rows addressed into shared segments ([`crate::index::populate`]).
+    pub segments: bool,
     pub quickack: bool,
     /// Store fragments in an S3-compatible server started here ([`crate::s3`]).
     pub s3: bool,
@@ -438,9 +440,10 @@ async fn prepared_server(
     crate::index::create(&c.target, "indexed").await?;
     c.stop();
     let t = Instant::now();
-    let (id, t0) = crate::index::populate(&data, "indexed", rows, objects)?;
+    let (id, t0) = crate::index::populate(&data, "indexed", rows, objects, o.segments)?;
     eprintln!(
-        "   populated {rows} rows{} in {:.1?}",
+        "   populated {rows} rows{}{} in {:.1?}",
+        if o.segments { " in segments" } else { "" },
         if objects { " and objects" } else { "" },
         t.elapsed()
     );
@@ -525,7 +528,7 @@ async fn restart(o: &Opts) -> anyhow::Result<Value> {
     ready.sort_by(f64::total_cmp);
     Ok(json!({
         "machine_before": before,
-        "config": {"rows": rows, "objects": o.objects, "starts": starts},
+        "config": {"rows": rows, "objects": o.objects, "segments": o.segments, "starts": starts},
         "streamvault": {"starts": runs, "ready_seconds_median": ready.get(ready.len() / 2), "ready_seconds_max": ready.last()},
     }))
 }

@@ -181,6 +181,9 @@ impl Task {
     /// Writes and commits one batch, then answers every request of it.
     async fn commit(&mut self, batch: Vec<Request>) {
         metrics::histogram!(crate::metrics::COMMIT_BATCH_FRAGMENTS).record(batch.len() as f64);
+        metrics::histogram!(crate::metrics::COMMIT_BATCH_BYTES)
+            .record(batch.iter().map(|r| r.sealed.len()).sum::<usize>() as f64);
+        let write_started = std::time::Instant::now();
         // A segment past its age or size takes no more bytes.
         self.close_due(false).await;
         let now = self.clock.now_ms();
@@ -223,6 +226,8 @@ impl Task {
                 }
             }
         }
+        metrics::histogram!(crate::metrics::COMMIT_WRITE_SECONDS)
+            .record(write_started.elapsed().as_secs_f64());
         let rows: Vec<BatchRow> = placed
             .iter()
             .zip(&batch)
@@ -242,10 +247,15 @@ impl Task {
         {
             Err("injected failure: op=IndexCommit".to_owned())
         } else {
-            self.index
+            let started = std::time::Instant::now();
+            let r = self
+                .index
                 .commit_batch(segments.clone(), rows)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            metrics::histogram!(crate::metrics::COMMIT_INDEX_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            r
         };
         let mut outcomes = match outcomes {
             Ok(o) => o.into_iter(),
