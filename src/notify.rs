@@ -191,33 +191,16 @@ impl Notifier {
 
     /// Follows the "fragment persisted" events (`ingest::persisted`) until `stop`: each
     /// fragment tagged `AWS_KINESISVIDEO_NOTIFICATION` gets its `FRAGMENT_TAGGED` event.
-    /// Never slows ingest: a notifier that falls behind the broadcast loses events (with a
-    /// warning), as a full delivery queue does.
+    /// Never slows ingest (a full delivery queue drops the event with a warning).
     pub fn follow(
         &self,
-        mut events: tokio::sync::broadcast::Receiver<
-            Arc<crate::ingest::persisted::FragmentPersisted>,
-        >,
+        events: &crate::ingest::persisted::PersistedEvents,
         stop: CancellationToken,
     ) {
-        use tokio::sync::broadcast::error::RecvError;
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ev = events.recv() => ev,
-                };
-                match ev {
-                    Ok(ev) if wanted(&ev.fragment) => {
-                        this.fragment_persisted(&ev.stream, &ev.fragment)
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(events = n, "notifications fell behind; fragments skipped");
-                    }
-                    Err(RecvError::Closed) => return,
-                }
+        events.follow("notifications", stop, move |ev| {
+            if wanted(&ev.fragment) {
+                this.fragment_persisted(&ev.stream, &ev.fragment);
             }
         });
     }

@@ -220,8 +220,8 @@ impl Server {
             settings: self.settings.clone(),
             notifier: notifier.clone(),
         }
-        .spawn(ingest.persisted_events().subscribe(), stop.clone());
-        notifier.follow(ingest.persisted_events().subscribe(), stop.clone());
+        .spawn(ingest.persisted_events(), stop.clone());
+        notifier.follow(ingest.persisted_events(), stop.clone());
         let state = AppState {
             public_url: self.settings.public_base_url(addr).into(),
             settings: self.settings.clone(),

@@ -468,7 +468,10 @@ async fn offered_more_than_the_disk_persists_memory_stays_in_the_budget() {
         metric(&end, "streamvault_memory_budget_peak_bytes") / 1e6,
         over / 1e6,
     );
-    assert!(waits > 0.0, "the producers never waited: the disk was not the bottleneck");
+    assert!(
+        waits > 0.0,
+        "the producers never waited: the disk was not the bottleneck"
+    );
     // Nothing goes past the limit but what must not wait: a reader's bounded queue (none
     // here) and the live copies of the frames of a chunk just read, at most a 64 KiB
     // chunk per camera. (Charging each sealed copy instead of reserving it before the

@@ -64,20 +64,24 @@ pub fn populate(
              VALUES (?1, ?2, ?3, ?4, 1)",
         )?;
         let class = streamvault::store::keys::retention_class(RETENTION_HOURS);
-        let mut segment: Option<(String, i64)> = None;
+        // The key of the segment the current rows go into.
+        let mut segment = String::new();
         for seq in 0..rows {
             let ts = t0 + seq as i64 * FRAGMENT_MS;
             let (key, offset) = if segments {
                 let (nr, k) = (seq / PER_SEGMENT, seq % PER_SEGMENT);
                 if k == 0 {
-                    let key =
-                        streamvault::store::keys::segment_key(class, ts, nr).to_string();
+                    segment = streamvault::store::keys::segment_key(class, ts, nr).to_string();
                     let end = (rows - seq).min(PER_SEGMENT) as i64 * SEALED_SIZE;
-                    seg.execute(params![key, class, ts, end])?;
-                    segment = Some((key, end));
+                    seg.execute(params![segment, class, ts, end])?;
+                    if objects {
+                        // Sparse: the right length, no disk space.
+                        let path = data_dir.join("objects").join(&segment);
+                        std::fs::create_dir_all(path.parent().expect("segment dir"))?;
+                        std::fs::File::create(&path)?.set_len(end as u64)?;
+                    }
                 }
-                let key = segment.as_ref().map(|s| s.0.clone()).unwrap_or_default();
-                (key, Some(k as i64 * SEALED_SIZE))
+                (segment.clone(), Some(k as i64 * SEALED_SIZE))
             } else {
                 let key = streamvault::store::keys::fragment_key(&id, seq).to_string();
                 (key, None)
@@ -95,16 +99,6 @@ pub fn populate(
                 hash,
                 offset
             ])?;
-            if objects
-                && segments
-                && let Some((key, end)) = segment.take_if(|_| seq % PER_SEGMENT == 0)
-            {
-                // Sparse: the right length, no disk space.
-                let path = data_dir.join("objects").join(&key);
-                std::fs::create_dir_all(path.parent().expect("segment dir"))?;
-                std::fs::File::create(&path)?.set_len(end as u64)?;
-                segment = Some((key, end));
-            }
         }
         tx.execute(
             "UPDATE streams SET seq_reserved = ?2 WHERE stream_id = ?1",

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ImageService, Outcome, OutputSpec};
@@ -34,7 +34,7 @@ use crate::clock::epoch_secs_json;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::index::{FragmentRecord, StreamRecord, TimestampKind};
-use crate::ingest::persisted::FragmentPersisted;
+use crate::ingest::persisted::PersistedEvents;
 use crate::model::FragmentNumber;
 use crate::streams::Catalog;
 
@@ -143,40 +143,6 @@ impl Job {
     }
 }
 
-/// Turns the "fragment persisted" events of tagged fragments into jobs. Never slows
-/// ingest: a full queue skips the fragment, a lag loses events; both with a warning.
-async fn subscribe(
-    mut events: broadcast::Receiver<Arc<FragmentPersisted>>,
-    tx: mpsc::Sender<Job>,
-    stop: CancellationToken,
-) {
-    loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => return,
-            ev = events.recv() => ev,
-        };
-        match ev {
-            Ok(ev) if Job::wanted(&ev.fragment) => {
-                let job = Job {
-                    stream: ev.stream.clone(),
-                    fragment: ev.fragment.clone(),
-                };
-                if tx.try_send(job).is_err() {
-                    tracing::warn!(stream = %ev.stream.name, fragment_seq = ev.fragment.seq, "image generation queue full; fragment skipped");
-                }
-            }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    events = n,
-                    "image generation fell behind; fragments skipped"
-                );
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
 /// The generator task: consumes jobs until `stop`.
 #[derive(Debug, Clone)]
 pub struct Generator {
@@ -189,13 +155,21 @@ pub struct Generator {
 
 impl Generator {
     /// Starts the task, fed by the "fragment persisted" events (`ingest::persisted`).
-    pub fn spawn(
-        self,
-        events: broadcast::Receiver<Arc<FragmentPersisted>>,
-        stop: CancellationToken,
-    ) {
+    /// Never slows ingest: a full queue skips the fragment with a warning.
+    pub fn spawn(self, events: &PersistedEvents, stop: CancellationToken) {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        tokio::spawn(subscribe(events, tx, stop.clone()));
+        events.follow("image generation", stop.clone(), move |ev| {
+            if !Job::wanted(&ev.fragment) {
+                return;
+            }
+            let job = Job {
+                stream: ev.stream.clone(),
+                fragment: ev.fragment.clone(),
+            };
+            if tx.try_send(job).is_err() {
+                tracing::warn!(stream = %ev.stream.name, fragment_seq = ev.fragment.seq, "image generation queue full; fragment skipped");
+            }
+        });
         let client = reqwest::Client::new();
         let this = Arc::new(self);
         run_isolated(

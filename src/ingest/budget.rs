@@ -300,7 +300,11 @@ mod tests {
         assert_eq!(b.draining(), 250);
         let mut plain = b.charge(50);
         plain.merge(r);
-        assert_eq!((b.draining(), b.used()), (0, 300), "merged into a non-draining one");
+        assert_eq!(
+            (b.draining(), b.used()),
+            (0, 300),
+            "merged into a non-draining one"
+        );
         let mut d = b.charge(0);
         d.set_draining();
         d.merge(plain);
@@ -326,7 +330,10 @@ mod tests {
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.reserve(60, || {}).await.bytes() });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "went past the limit while a release was coming");
+        assert!(
+            !waiter.is_finished(),
+            "went past the limit while a release was coming"
+        );
         drop(draining);
         assert_eq!(waiter.await.unwrap(), 60);
         assert!(b.peak() <= 160);

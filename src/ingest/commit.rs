@@ -183,9 +183,9 @@ impl Task {
         metrics::histogram!(crate::metrics::COMMIT_BATCH_FRAGMENTS).record(batch.len() as f64);
         metrics::histogram!(crate::metrics::COMMIT_BATCH_BYTES)
             .record(batch.iter().map(|r| r.sealed.len()).sum::<usize>() as f64);
-        let write_started = std::time::Instant::now();
         // A segment past its age or size takes no more bytes.
         self.close_due(false).await;
+        let write_started = std::time::Instant::now();
         let now = self.clock.now_ms();
         let mut classes: Vec<&'static str> = batch.iter().map(|r| r.class).collect();
         classes.sort_unstable();

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 use crate::index::{FragmentRecord, StreamRecord};
 
@@ -39,6 +41,33 @@ impl PersistedEvents {
     /// A new subscriber; it sees the events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FragmentPersisted>> {
         self.tx.subscribe()
+    }
+
+    /// Subscribes now and spawns a task that calls `on_event` for every event until
+    /// `stop` (or the broadcast closes). `on_event` must not wait: a follower that falls
+    /// more than [`CAPACITY`] events behind loses the oldest, with a warning naming `what`.
+    pub fn follow(
+        &self,
+        what: &'static str,
+        stop: CancellationToken,
+        mut on_event: impl FnMut(&FragmentPersisted) + Send + 'static,
+    ) {
+        let mut events = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) => on_event(&ev),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(events = n, "{what} fell behind; fragments skipped");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Publishes one event (nothing is built when nobody listens). Never waits.
