@@ -4,7 +4,7 @@
 //! object at the key the layout gives its (stream, seq), with the recorded sealed size;
 //! every row needs its session header; every stream's number reservation must be above
 //! its fragments (I3). With `deep`, every fragment must also decrypt under the stream's
-//! key to the recorded size and SHA-256, and every session header used must decrypt.
+//! key to the recorded size and content hash, and every session header used must decrypt.
 //!
 //! Objects without rows are not violations (a crash between object write and row commit
 //! leaves them; startup recovery removes them) and are reported as garbage awaiting
@@ -229,9 +229,24 @@ impl Report {
     }
 }
 
-/// SHA-256 of a fragment's plaintext as stored in the index (hex).
+/// The algorithm prefix of [`content_hash`]: BLAKE3 (about 3× faster than SHA-256 with
+/// SHA-NI here; the hash runs over every ingested byte, see `docs/design/storage.md`).
+const BLAKE3_PREFIX: &str = "b3:";
+
+/// The content hash of a fragment's plaintext as stored in the index: `b3:` and the
+/// BLAKE3 digest in hex. Rows written before it hold a bare SHA-256 hex digest; both are
+/// verified by [`content_hash_matches`].
 pub fn content_hash(bytes: &[u8]) -> String {
-    hex::encode(digest::digest(&digest::SHA256, bytes))
+    format!("{BLAKE3_PREFIX}{}", blake3::hash(bytes).to_hex())
+}
+
+/// Whether `stored` (an index row's `content_hash`, either algorithm) is the hash of
+/// `bytes`.
+pub fn content_hash_matches(stored: &str, bytes: &[u8]) -> bool {
+    match stored.strip_prefix(BLAKE3_PREFIX) {
+        Some(hex) => blake3::hash(bytes).to_hex().as_str() == hex,
+        None => hex::encode(digest::digest(&digest::SHA256, bytes)) == stored,
+    }
 }
 
 /// Options of [`check_with`].
@@ -429,7 +444,7 @@ pub async fn check_with(
                             indexed: f.size,
                             actual: plain.len() as u64,
                         });
-                    } else if content_hash(&plain) != f.content_hash {
+                    } else if !content_hash_matches(&f.content_hash, &plain) {
                         report.problems.push(Problem::HashMismatch {
                             key: f.object_key.clone(),
                         });
@@ -579,4 +594,26 @@ async fn missing_object(
 /// (retention, DeleteStream) explains a missing object or session.
 async fn still_indexed(index: &dyn Index, f: &FragmentRecord) -> anyhow::Result<bool> {
     Ok(index.get_fragment(&f.stream_id, f.seq).await?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_is_prefixed_blake3_and_legacy_sha256_rows_still_verify() {
+        let body = b"a fragment's plaintext";
+        let h = content_hash(body);
+        assert!(h.starts_with("b3:") && h.len() == 3 + 64, "{h}");
+        assert!(content_hash_matches(&h, body));
+        assert!(!content_hash_matches(&h, b"another plaintext"));
+        // A row written before the BLAKE3 change: bare SHA-256 hex (sha256sum of `body`).
+        let legacy = hex::encode(digest::digest(&digest::SHA256, body));
+        assert!(!legacy.contains(':'));
+        assert!(content_hash_matches(&legacy, body));
+        assert!(!content_hash_matches(&legacy, b"another plaintext"));
+        // A BLAKE3 digest without its prefix is not taken for SHA-256, and vice versa.
+        assert!(!content_hash_matches(&h[3..], body));
+        assert!(!content_hash_matches(&format!("b3:{legacy}"), body));
+    }
 }

@@ -113,6 +113,12 @@ impl Drop for OpenGauge {
     }
 }
 
+/// Most bytes hyper buffers from one connection's socket. Its default (about 400 KiB,
+/// grown while reads fill the buffer) let 1,000 cameras sending a fragment a second each
+/// keep ~400 MB of read buffers outside the ingest budget; 64 KiB still reads a 2 Mbit/s
+/// camera's second in four reads.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// Serves one connection until it ends, or asks it to finish when `stop` fires.
 async fn connection<I>(
     io: I,
@@ -126,6 +132,7 @@ async fn connection<I>(
     let svc = TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .max_buf_size(READ_BUFFER_BYTES)
         .header_read_timeout(limits.header_read_timeout)
         .serve_connection(io, svc)
         .with_upgrades();

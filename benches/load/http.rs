@@ -67,7 +67,11 @@ impl Target {
             ("content-type", "application/json"),
             ("content-length", len.as_str()),
         ];
-        let sig = self.sign(path, &h, &streamvault::check::content_hash(body.as_bytes()));
+        let sig = self.sign(
+            path,
+            &h,
+            &streamvault::auth::sigv4::payload_hash(body.as_bytes()),
+        );
         let conn = if close { "connection: close\r\n" } else { "" };
         format!(
             "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n{sig}{conn}\r\n{body}",

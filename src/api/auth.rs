@@ -209,7 +209,7 @@ async fn check(state: &AppState, req: Request) -> Result<Request, Error> {
         (hash, body)
     } else {
         let b = super::json::read_body(state, body).await?;
-        let actual = crate::check::content_hash(&b);
+        let actual = sigv4::payload_hash(&b);
         if let Some(h) = header("x-amz-content-sha256")
             && h != actual
         {

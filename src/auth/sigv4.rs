@@ -24,6 +24,11 @@ pub const SERVICE: &str = "kinesisvideo";
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
+/// The payload hash SigV4 signs: SHA-256 of the body, lowercase hex.
+pub fn payload_hash(body: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body))
+}
+
 /// A parsed signature (from the header or the query string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presented {

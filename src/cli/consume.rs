@@ -140,7 +140,7 @@ pub(crate) async fn post(
     let body = body.to_string();
     let mut req = client.post(&url).header("content-type", "application/json");
     if let Some(key) = ep.key()? {
-        let hash = crate::check::content_hash(body.as_bytes());
+        let hash = crate::auth::sigv4::payload_hash(body.as_bytes());
         let path = format!("/{op}");
         let signed = crate::auth::sigv4::sign_headers(
             "POST",

@@ -88,7 +88,7 @@ struct ServeArgs {
 struct CheckArgs {
     #[command(flatten)]
     common: Common,
-    /// Also decrypt every fragment and compare its SHA-256 with the index.
+    /// Also decrypt every fragment and compare its content hash with the index.
     #[arg(long)]
     deep: bool,
 }

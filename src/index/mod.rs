@@ -151,7 +151,8 @@ pub struct FragmentRecord {
     /// Offset of the sealed blob in the segment `object_key`; `None` for a legacy row
     /// whose `object_key` is one object holding only this fragment (before migration 4).
     pub object_offset: Option<u64>,
-    /// SHA-256 of the plaintext, hex.
+    /// Hash of the plaintext: `b3:` + BLAKE3 hex (older rows: bare SHA-256 hex); see
+    /// [`crate::check::content_hash`].
     pub content_hash: String,
     /// Producer fragment metadata (Tags after the cluster), name → value, in order.
     pub metadata: Vec<(String, String)>,

@@ -68,6 +68,7 @@ impl Committer {
         let limits = segment::Limits {
             max_bytes: settings.segment_max_bytes,
             max_age_ms: settings.segment_max_age.as_millis() as i64,
+            direct_io: settings.direct_io,
         };
         let writer = store.segment_writer(limits, faults.clone());
         let task = Task {

@@ -87,6 +87,8 @@ pub struct Ingest {
     streams: Mutex<HashMap<String, Arc<StreamRuntime>>>,
     /// The memory budget of everything streams hold (see [`budget`]).
     budget: Budget,
+    /// Bytes buffered in all streams' live hubs.
+    live_bytes: hub::LiveBytes,
     /// "Fragment persisted" events (image generation subscribes).
     persisted: persisted::PersistedEvents,
     /// The group committer every persister hands its sealed fragments to.
@@ -101,6 +103,7 @@ impl Ingest {
             ),
             settings,
             streams: Mutex::default(),
+            live_bytes: hub::LiveBytes::default(),
             persisted: persisted::PersistedEvents::default(),
             committer: std::sync::OnceLock::new(),
         }
@@ -133,7 +136,8 @@ impl Ingest {
                     deleted: CancellationToken::new(),
                     rate: Mutex::new(TokenBucket::new(self.settings.max_bytes_per_second as f64)),
                     seq: tokio::sync::Mutex::default(),
-                    live: Arc::new(Hub::new(
+                    live: Arc::new(Hub::sharing(
+                        self.live_bytes.clone(),
                         usize::try_from(self.settings.live_buffer_bytes).unwrap_or(usize::MAX),
                         LIVE_CHANNEL,
                     )),
@@ -159,6 +163,9 @@ impl Ingest {
     /// Drops every stream's buffered live events (the budget is exhausted): readers
     /// behind the live edge continue from storage.
     pub(crate) fn shed_live_buffers(&self) {
+        if self.live_bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
         let runtimes: Vec<_> = self
             .streams
             .lock()

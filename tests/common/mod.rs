@@ -46,7 +46,7 @@ pub fn sign_with(
 
 /// SHA-256 hex of a body.
 pub fn sha256_hex(b: &[u8]) -> String {
-    streamvault::check::content_hash(b)
+    streamvault::auth::sigv4::payload_hash(b)
 }
 
 /// A presigned PutMedia URL carrying its parameters in the query string.
