@@ -1,6 +1,7 @@
 //! The embedded index: SQLite through rusqlite (bundled), WAL mode, `synchronous=FULL`
 //! so a commit that returned is on disk. One writer connection and one reader
-//! connection, each behind a mutex and used from `spawn_blocking`. Schema changes are
+//! connection, each behind a mutex and used from `spawn_blocking`, and a checkpointer
+//! thread with its own connection ([`checkpoint`]). Schema changes are
 //! numbered migrations tracked in `PRAGMA user_version`. `secure_delete` is on, and
 //! DeleteStream truncates the WAL, so a shredded key leaves no copy ([`shred`]).
 
@@ -16,6 +17,8 @@ use crate::clock::SharedClock;
 #[path = "sqlite_sql.rs"]
 mod sql;
 use sql::*;
+#[path = "sqlite_checkpoint.rs"]
+mod checkpoint;
 #[path = "sqlite_segments.rs"]
 mod segments;
 #[path = "sqlite_shred.rs"]
@@ -109,6 +112,11 @@ CREATE TABLE segments (
 pub struct SqliteIndex {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Turns at each connection, taken before a blocking thread is: callers queue here
+    /// instead of each holding a blocking-pool thread that waits on the mutex (1,000
+    /// uploads starting at once grew the pool to its 512 threads).
+    writer_turn: Arc<tokio::sync::Semaphore>,
+    reader_turn: Arc<tokio::sync::Semaphore>,
     /// Set on a retention view: the clock whose "now" hides expired fragments.
     view: Option<SharedClock>,
     shred: Arc<shred::ShredState>,
@@ -139,10 +147,13 @@ impl SqliteIndex {
         migrate(&mut w)?;
         // A crash may have cut a shred retry short (see [`shred`]); best effort.
         let _ = shred::truncate_wal(&w, std::time::Duration::from_millis(200));
+        checkpoint::install(&mut w, path)?;
         let r = open_conn(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(w)),
             reader: Arc::new(Mutex::new(r)),
+            writer_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            reader_turn: Arc::new(tokio::sync::Semaphore::new(1)),
             view: None,
             shred: Arc::default(),
         })
@@ -176,6 +187,8 @@ impl SqliteIndex {
         Ok(Self {
             writer: Arc::new(Mutex::new(open()?)),
             reader: Arc::new(Mutex::new(r)),
+            writer_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            reader_turn: Arc::new(tokio::sync::Semaphore::new(1)),
             view: None,
             shred: Arc::default(),
         })
@@ -200,7 +213,14 @@ impl SqliteIndex {
         f: impl FnOnce(&mut Connection) -> IndexResult<T> + Send + 'static,
     ) -> IndexResult<T> {
         let c = self.writer.clone();
+        let turn = self
+            .writer_turn
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(db_err)?;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut guard = c.lock().map_err(|_| db_err("writer connection poisoned"))?;
             f(&mut guard)
         })
@@ -213,7 +233,14 @@ impl SqliteIndex {
         f: impl FnOnce(&Connection) -> IndexResult<T> + Send + 'static,
     ) -> IndexResult<T> {
         let c = self.reader.clone();
+        let turn = self
+            .reader_turn
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(db_err)?;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let guard = c.lock().map_err(|_| db_err("reader connection poisoned"))?;
             f(&guard)
         })

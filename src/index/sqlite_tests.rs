@@ -731,3 +731,42 @@ async fn batches_commit_once_dedupe_inside_and_dead_segments_become_garbage() {
         "{g:?}"
     );
 }
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_off_the_commit_path_once_it_passes_1000_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("i.sqlite3");
+    let idx = SqliteIndex::open(&p).unwrap();
+    idx.create_stream(new_stream("cam1", A), 10).await.unwrap();
+    let db_len = || std::fs::metadata(&p).unwrap().len();
+    let before = db_len();
+    // About 6 MB of rows in 40 commits: well past 1,000 WAL pages (4 MiB).
+    for batch in 0..40u64 {
+        let rows = (0..50u64)
+            .map(|i| {
+                let seq = batch * 50 + i + 1;
+                let mut f = frag(A, seq, 10_000 + seq as i64 * 1000);
+                f.metadata = vec![("pad".into(), "x".repeat(3000))];
+                BatchRow {
+                    row: f,
+                    dedupe_since_ms: None,
+                }
+            })
+            .collect();
+        idx.commit_batch(Vec::new(), rows).await.unwrap();
+    }
+    // Nobody but the checkpointer copies WAL frames into the database file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db_len() < before + (4 << 20) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes",
+            db_len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        idx.fragments_after(A, None, 10_000).await.unwrap().len(),
+        2000
+    );
+}

@@ -89,6 +89,8 @@ pub struct Ingest {
     budget: Budget,
     /// Bytes buffered in all streams' live hubs.
     live_bytes: hub::LiveBytes,
+    /// Fragments being hashed and sealed at once, all streams (one per core).
+    sealers: Arc<tokio::sync::Semaphore>,
     /// "Fragment persisted" events (image generation subscribes).
     persisted: persisted::PersistedEvents,
     /// The group committer every persister hands its sealed fragments to.
@@ -104,6 +106,9 @@ impl Ingest {
             settings,
             streams: Mutex::default(),
             live_bytes: hub::LiveBytes::default(),
+            sealers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             persisted: persisted::PersistedEvents::default(),
             committer: std::sync::OnceLock::new(),
         }
@@ -153,6 +158,17 @@ impl Ingest {
             .lock()
             .expect("ingest registry")
             .remove(stream_id);
+    }
+
+    /// A turn to hash and seal one fragment on the blocking pool. At most one fragment
+    /// per core is sealed at once: with a task per fragment, 1,000 cameras kept the
+    /// blocking pool at its 512 threads, each with its own allocator cache (3.3 GB RSS).
+    pub async fn sealing_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.sealers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the sealing semaphore is never closed")
     }
 
     /// The memory budget.

@@ -129,7 +129,9 @@ fn seal(ctx: &Arc<SessionContext>, job: Job) -> BoxFuture<'static, Sealed> {
     let ctx = ctx.clone();
     async move {
         let (cluster, seq) = (std::mem::take(&mut job.fragment.cluster), job.seq);
+        let turn = ctx.ingest.sealing_turn().await;
         let work = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let hash = content_hash(&cluster);
             ctx.catalog
                 .store()
