@@ -69,8 +69,6 @@ pub const COMMIT_WRITE_SECONDS: &str = "streamvault_commit_write_seconds";
 pub const COMMIT_INDEX_SECONDS: &str = "streamvault_commit_index_seconds";
 /// Bytes per group commit.
 pub const COMMIT_BATCH_BYTES: &str = "streamvault_commit_batch_bytes";
-/// Seconds an index WAL checkpoint took (run off the commit path).
-pub const INDEX_CHECKPOINT_SECONDS: &str = "streamvault_index_checkpoint_seconds";
 /// Acks dropped because the client did not read them.
 pub const ACKS_DROPPED: &str = "streamvault_ingest_acks_dropped_total";
 /// GetImages instants answered, by outcome (`image`, `no_media`, `media_error`).

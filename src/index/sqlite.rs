@@ -1,7 +1,7 @@
 //! The embedded index: SQLite through rusqlite (bundled), WAL mode, `synchronous=FULL`
 //! so a commit that returned is on disk. One writer connection and one reader
-//! connection, each behind a mutex and used from `spawn_blocking`, and a checkpointer
-//! thread with its own connection ([`checkpoint`]). Schema changes are
+//! connection, each behind a mutex and used from `spawn_blocking` (callers queue for a
+//! turn first, so waiting costs no blocking thread). Schema changes are
 //! numbered migrations tracked in `PRAGMA user_version`. `secure_delete` is on, and
 //! DeleteStream truncates the WAL, so a shredded key leaves no copy ([`shred`]).
 
@@ -17,8 +17,6 @@ use crate::clock::SharedClock;
 #[path = "sqlite_sql.rs"]
 mod sql;
 use sql::*;
-#[path = "sqlite_checkpoint.rs"]
-mod checkpoint;
 #[path = "sqlite_segments.rs"]
 mod segments;
 #[path = "sqlite_shred.rs"]
@@ -147,7 +145,6 @@ impl SqliteIndex {
         migrate(&mut w)?;
         // A crash may have cut a shred retry short (see [`shred`]); best effort.
         let _ = shred::truncate_wal(&w, std::time::Duration::from_millis(200));
-        checkpoint::install(&mut w, path)?;
         let r = open_conn(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(w)),

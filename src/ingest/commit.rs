@@ -7,13 +7,6 @@
 //! they were submitted. Batches form by themselves: while one commit is in flight the
 //! next fragments queue up, and the next batch takes them all.
 //! Object-store segments also wait for `store.flush_bytes` or `store.flush_age`.
-//!
-//! Two stages, each serial: the *writer* (this task) forms batches and makes their bytes
-//! durable; the *indexer* commits each written batch's transaction and answers. So batch
-//! n+1's write overlaps batch n's transaction, and the disk is not idle while the index
-//! commits. At most one written batch waits for the indexer (the writer then waits too,
-//! so batches grow instead). Segment seals go through the indexer as well, after the
-//! commits of the batches written before them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,36 +45,14 @@ pub struct Committer {
     tx: mpsc::Sender<Request>,
 }
 
-/// The writer stage.
 struct Task {
-    clock: SharedClock,
-    writer: segment::SegmentWriter,
-    flush_bytes: usize,
-    flush_age: Duration,
-    indexer: mpsc::Sender<Step>,
-}
-
-/// What the writer hands the indexer, in order.
-enum Step {
-    /// A batch whose bytes are durable (or whose write failed, per request).
-    Commit(Written),
-    /// A closed segment to seal in the index (after every commit naming it).
-    Seal(String),
-}
-
-/// A written batch: per request its row with its place, or why it failed.
-struct Written {
-    batch: Vec<Request>,
-    placed: Vec<Result<FragmentRecord, String>>,
-    segments: Vec<SegmentRecord>,
-}
-
-/// The indexer stage.
-struct Indexer {
     store: FragmentStore,
     index: Arc<dyn Index>,
     clock: SharedClock,
+    writer: segment::SegmentWriter,
     faults: Option<Arc<Faults>>,
+    flush_bytes: usize,
+    flush_age: Duration,
 }
 
 impl Committer {
@@ -100,27 +71,17 @@ impl Committer {
             direct_io: settings.direct_io,
         };
         let writer = store.segment_writer(limits, faults.clone());
-        let (steps, steps_rx) = mpsc::channel(1);
-        let indexer = Indexer {
+        let task = Task {
             store,
             index,
-            clock: clock.clone(),
-            faults,
-        };
-        let task = Task {
             clock,
             writer,
+            faults,
             flush_bytes: usize::try_from(settings.flush_bytes).unwrap_or(usize::MAX),
             flush_age: settings.flush_age,
-            indexer: steps,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let handle = tokio::spawn(async move {
-            let indexing = tokio::spawn(indexer.run(steps_rx));
-            task.run(rx, stop).await;
-            let _ = indexing.await;
-        });
-        (Self { tx }, handle)
+        (Self { tx }, tokio::spawn(task.run(rx, stop)))
     }
 
     /// Queues one sealed fragment of retention class `class` and returns at once with the
@@ -212,28 +173,14 @@ impl Task {
                     Err(_) => break,
                 }
             }
-            let written = self.write(batch).await;
-            self.send(Step::Commit(written)).await;
+            self.commit(batch).await;
             self.close_due(false).await;
         }
         self.close_due(true).await;
-        // Dropping `self` closes the indexer's queue: it finishes what it holds and ends.
     }
 
-    async fn send(&self, step: Step) {
-        if let Err(mpsc::error::SendError(step)) = self.indexer.send(step).await
-            && let Step::Commit(w) = step
-        {
-            for r in w.batch {
-                let _ = r
-                    .reply
-                    .send(Err("the index committer has stopped".to_owned()));
-            }
-        }
-    }
-
-    /// Writes one batch and makes it durable (the indexer commits it).
-    async fn write(&mut self, batch: Vec<Request>) -> Written {
+    /// Writes and commits one batch, then answers every request of it.
+    async fn commit(&mut self, batch: Vec<Request>) {
         metrics::histogram!(crate::metrics::COMMIT_BATCH_FRAGMENTS).record(batch.len() as f64);
         metrics::histogram!(crate::metrics::COMMIT_BATCH_BYTES)
             .record(batch.iter().map(|r| r.sealed.len()).sum::<usize>() as f64);
@@ -275,45 +222,13 @@ impl Task {
                         placed[i] = Err(format!("segment write failed: {}", f.error));
                     }
                     if let Some(key) = f.closed {
-                        self.send(Step::Seal(key)).await;
+                        self.seal(&key).await;
                     }
                 }
             }
         }
         metrics::histogram!(crate::metrics::COMMIT_WRITE_SECONDS)
             .record(write_started.elapsed().as_secs_f64());
-        Written {
-            batch,
-            placed,
-            segments,
-        }
-    }
-
-    async fn close_due(&mut self, all: bool) {
-        let now = self.clock.now_ms();
-        for key in self.writer.close_due(now, all) {
-            self.send(Step::Seal(key)).await;
-        }
-    }
-}
-
-impl Indexer {
-    async fn run(self, mut steps: mpsc::Receiver<Step>) {
-        while let Some(step) = steps.recv().await {
-            match step {
-                Step::Commit(w) => self.commit(w).await,
-                Step::Seal(key) => self.seal(&key).await,
-            }
-        }
-    }
-
-    /// Commits one written batch's rows, then answers every request of it.
-    async fn commit(&self, w: Written) {
-        let Written {
-            batch,
-            placed,
-            segments,
-        } = w;
         let rows: Vec<BatchRow> = placed
             .iter()
             .zip(&batch)
@@ -369,6 +284,13 @@ impl Indexer {
                 Err(e) => Err(e),
             };
             let _ = r.reply.send(answer);
+        }
+    }
+
+    async fn close_due(&mut self, all: bool) {
+        let now = self.clock.now_ms();
+        for key in self.writer.close_due(now, all) {
+            self.seal(&key).await;
         }
     }
 
