@@ -48,16 +48,38 @@ impl Endpoint {
 
     /// Host (with port) of the endpoint, as sent in the Host header.
     pub fn host(&self) -> anyhow::Result<String> {
-        let rest = self
-            .endpoint
-            .split_once("://")
-            .map(|(_, r)| r)
-            .unwrap_or(&self.endpoint);
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.is_empty() {
-            bail!("endpoint has no host: {}", self.endpoint);
-        }
-        Ok(host.to_owned())
+        host_of(&self.endpoint)
+    }
+}
+
+/// Host (with port) of a base URL, as sent in the Host header (and signed).
+pub fn host_of(url: &str) -> anyhow::Result<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        bail!("endpoint has no host: {url}");
+    }
+    Ok(host.to_owned())
+}
+
+/// A KVS API call the server refused: its HTTP status, the exception name of
+/// `x-amzn-ErrorType` and the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed: {status} {kind}: {message}")]
+pub struct ApiError {
+    pub op: String,
+    pub status: reqwest::StatusCode,
+    pub kind: String,
+    pub message: String,
+}
+
+impl ApiError {
+    /// Whether calling again could succeed: server errors and throttling; not a
+    /// missing stream, a refused signature or a bad parameter.
+    pub fn is_retriable(&self) -> bool {
+        self.status.is_server_error()
+            || self.status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || self.kind.contains("LimitExceeded")
     }
 }
 
@@ -171,11 +193,17 @@ pub(crate) async fn post(
             .unwrap_or("error")
             .to_owned();
         let text = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&text)
+        let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["Message"].as_str().map(str::to_owned))
             .unwrap_or(text);
-        bail!("{op} failed: {status} {kind}: {msg}");
+        return Err(ApiError {
+            op: op.to_owned(),
+            status,
+            kind,
+            message,
+        }
+        .into());
     }
     Ok(resp)
 }

@@ -1,8 +1,10 @@
 //! `streamvault put` — a PutMedia client (AWS ships none outside its producer SDKs) —
 //! and `streamvault presign`, which mints presigned URLs for producers that cannot sign.
 //!
-//! `put` reads MKV from a file or standard input, signs like the KVS C producer, shows
-//! progress (bytes, rate, fragments persisted, ack latency; on a terminal only, see
+//! `put` reads MKV from a file or standard input, finds where to send it as the KVS
+//! SDKs do (GetDataEndpoint with `APIName` `PUT_MEDIA` at `--endpoint`, again before every
+//! reconnection, so a producer follows a stream whose owner changed), signs like the KVS C
+//! producer, shows progress (bytes, rate, fragments persisted, ack latency; on a terminal only, see
 //! `cli::progress`) and ERROR acks, and survives a dropped connection: it reconnects, re-sends
 //! the header elements, then every cluster not yet covered by a PERSISTED ack. A
 //! PERSISTED ack for a fragment starting at timecode T covers every cluster whose
@@ -18,7 +20,7 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::consume::Endpoint;
+use super::consume::{ApiError, Endpoint, host_of};
 use crate::auth::sigv4;
 use crate::mkv::{self, Event};
 
@@ -282,19 +284,36 @@ pub async fn put(a: PutArgs) -> anyhow::Result<()> {
         last_latency_ms: None,
         display: super::progress::Progress::upload(),
     };
+    let mut data_endpoint: Option<String> = None;
     loop {
-        let outcome = session(
-            &client,
-            &a,
-            key.as_ref(),
-            start,
-            &header,
-            &mut pending,
-            &mut unit_rx,
-            &mut input_done,
-            &mut progress,
-        )
-        .await;
+        let outcome = match resolve(&client, &a).await {
+            Ok(url) => {
+                if data_endpoint.as_deref() != Some(url.as_str()) {
+                    progress.display.println(&format!("data endpoint: {url}"));
+                }
+                data_endpoint = Some(url);
+                session(
+                    &client,
+                    &a,
+                    data_endpoint.as_deref().expect("set"),
+                    key.as_ref(),
+                    start,
+                    &header,
+                    &mut pending,
+                    &mut unit_rx,
+                    &mut input_done,
+                    &mut progress,
+                )
+                .await
+            }
+            Err(e)
+                if e.downcast_ref::<ApiError>()
+                    .is_some_and(|e| !e.is_retriable()) =>
+            {
+                return Err(e);
+            }
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(()) if input_done && pending.is_empty() => break,
             Ok(()) => failures = 0,
@@ -371,12 +390,29 @@ async fn read_input(
     }
 }
 
-/// One connection: sends the header and the pending clusters, then new ones, reading
-/// acks as they come. Returns when the server ends the response.
+/// The base URL to send the stream's PutMedia to: GetDataEndpoint's answer.
+async fn resolve(client: &reqwest::Client, a: &PutArgs) -> anyhow::Result<String> {
+    let body = serde_json::json!({"StreamName": a.stream, "APIName": "PUT_MEDIA"});
+    let resp = super::consume::post(client, &a.endpoint, "getDataEndpoint", &body).await?;
+    let text = resp.text().await.context("GetDataEndpoint answer")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("GetDataEndpoint answered {text}"))?;
+    let url = v["DataEndpoint"]
+        .as_str()
+        .context("GetDataEndpoint answered no DataEndpoint")?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("GetDataEndpoint answered an endpoint that is not an http(s) URL: {url}");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// One connection to `data_endpoint`: sends the header and the pending clusters, then
+/// new ones, reading acks as they come. Returns when the server ends the response.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     client: &reqwest::Client,
     a: &PutArgs,
+    data_endpoint: &str,
     key: Option<&(String, String)>,
     start: f64,
     header: &[u8],
@@ -385,7 +421,7 @@ async fn session(
     input_done: &mut bool,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
-    let url = format!("{}/putMedia", a.endpoint.endpoint.trim_end_matches('/'));
+    let url = format!("{data_endpoint}/putMedia");
     let tc_type = if a.timecodes == Timecodes::Absolute {
         "ABSOLUTE"
     } else {
@@ -408,7 +444,7 @@ async fn session(
         // Signed as the KVS C producer signs: over the empty payload.
         for (k, v) in sigv4::sign_headers(
             "POST",
-            &a.endpoint.host()?,
+            &host_of(data_endpoint)?,
             "/putMedia",
             &params,
             sigv4::EMPTY_SHA256,
