@@ -367,6 +367,10 @@ pub struct IngestSettings {
     /// Complete fragments of one upload being sealed or committed at once (their acks
     /// stay in fragment order). 1 persists one fragment at a time. Default 8.
     pub pipeline_depth: usize,
+    /// How often freed heap memory is given back to the operating system (`memtrim`;
+    /// Linux with glibc). `0s` turns it off. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub memory_trim_interval: Duration,
 }
 
 impl Default for IngestSettings {
@@ -384,6 +388,7 @@ impl Default for IngestSettings {
             idle_timeout: Duration::from_secs(30),
             dedupe_window: Duration::from_secs(24 * 3600),
             pipeline_depth: 8,
+            memory_trim_interval: Duration::from_secs(1),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod index;
 pub mod ingest;
 pub mod listener;
 pub mod media;
+pub mod memtrim;
 pub mod metrics;
 pub mod mkv;
 pub mod model;

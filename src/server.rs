@@ -259,6 +259,7 @@ impl Server {
         let retention_task =
             tokio::spawn(retention.run(self.catalog.retention_trigger().clone(), stop.clone()));
         tokio::spawn(self.playback.clone().purge_expired(stop.clone()));
+        crate::memtrim::spawn(self.settings.ingest.memory_trim_interval, stop.clone());
 
         let app = api::router(state);
         let scheme = if self.settings.tls.enabled() {
