@@ -288,8 +288,12 @@ pub async fn put(a: PutArgs) -> anyhow::Result<()> {
     loop {
         let outcome = match resolve(&client, &a).await {
             Ok(url) => {
-                if data_endpoint.as_deref() != Some(url.as_str()) {
-                    progress.display.println(&format!("data endpoint: {url}"));
+                if let Some(old) = data_endpoint.as_deref().filter(|old| *old != url) {
+                    // A move (the stream's owner changed): worth a line; the first
+                    // answer is not (piped output stays the summary alone).
+                    progress
+                        .display
+                        .println(&format!("data endpoint moved: {old} -> {url}"));
                 }
                 data_endpoint = Some(url);
                 session(
