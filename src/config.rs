@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_json_body_bytes: usize,
     /// Where fragments are stored.
     pub store: StoreSettings,
+    /// The fragment index: embedded SQLite (default) or PostgreSQL.
+    pub index: IndexSettings,
     /// Master keys that wrap the per-stream data keys.
     pub keys: KeySettings,
     /// PutMedia ingest limits.
@@ -90,6 +92,7 @@ impl Default for Settings {
             max_streams: 100_000,
             max_json_body_bytes: 1 << 20,
             store: StoreSettings::default(),
+            index: IndexSettings::default(),
             keys: KeySettings::default(),
             ingest: IngestSettings::default(),
             media: MediaSettings::default(),
@@ -300,6 +303,45 @@ impl std::fmt::Debug for S3Settings {
             .field("allow_http", &self.allow_http)
             .field("prefix", &self.prefix)
             .finish()
+    }
+}
+
+/// The fragment index (`docs/design/index-postgres.md`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexSettings {
+    /// `sqlite` (default: embedded, `<data_dir>/index.sqlite3`) or `postgres`.
+    pub backend: IndexBackend,
+    /// Settings of the `postgres` backend.
+    pub postgres: PostgresSettings,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// PostgreSQL index settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// Connection URL, `postgres://user:password@host:port/database?sslmode=...` (required
+    /// for `postgres`). It may carry a password: never logged (only host, port and
+    /// database are).
+    pub url: Option<Secret>,
+    /// Size of the connection pool. Default 10.
+    pub max_connections: u32,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+        }
     }
 }
 
@@ -654,7 +696,14 @@ impl Settings {
             // Variables read elsewhere (the CLI, the test suite), not settings.
             if matches!(
                 rest,
-                "LOG" | "CONFIG" | "ENDPOINT" | "AWS_CLI" | "PYTHON" | "SOAK_CYCLES" | "CRASH_SEED"
+                "LOG"
+                    | "CONFIG"
+                    | "ENDPOINT"
+                    | "AWS_CLI"
+                    | "PYTHON"
+                    | "SOAK_CYCLES"
+                    | "CRASH_SEED"
+                    | "TEST_POSTGRES_URL"
             ) {
                 continue;
             }
@@ -698,6 +747,23 @@ impl Settings {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert_file and tls.key_file must be set together".into(),
+            ));
+        }
+        if self.index.backend == IndexBackend::Postgres
+            && self
+                .index
+                .postgres
+                .url
+                .as_ref()
+                .is_none_or(|u| u.0.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "index.postgres.url is required for index.backend = \"postgres\" (STREAMVAULT_INDEX__POSTGRES__URL)".into(),
+            ));
+        }
+        if self.index.postgres.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "index.postgres.max_connections must be at least 1".into(),
             ));
         }
         if self.store.backend == StoreBackend::S3 && self.store.s3.bucket.is_empty() {
@@ -959,6 +1025,43 @@ mod tests {
             ("STREAMVAULT_IMAGES__MAX_PAGE_SIZE", "0"),
             ("STREAMVAULT_IMAGES__DEFAULT_SAMPLING_INTERVAL", "100ms"),
             ("STREAMVAULT_IMAGES__WEBHOOK_URL", "ftp://x"),
+        ] {
+            assert!(Settings::load(None, env(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn index_backend_from_env_and_its_rules() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.index.backend, IndexBackend::Sqlite);
+        assert_eq!(s.index.postgres.max_connections, 10);
+        let s = Settings::load(
+            None,
+            env(&[
+                ("STREAMVAULT_INDEX__BACKEND", "postgres"),
+                (
+                    "STREAMVAULT_INDEX__POSTGRES__URL",
+                    "postgres://sv:hunter2@db.example:5433/video",
+                ),
+                ("STREAMVAULT_INDEX__POSTGRES__MAX_CONNECTIONS", "4"),
+                // The test suite's server URL is no setting.
+                (
+                    "STREAMVAULT_TEST_POSTGRES_URL",
+                    "postgres://x@127.0.0.1/postgres",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.index.backend, IndexBackend::Postgres);
+        assert_eq!(s.index.postgres.max_connections, 4);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let e = Settings::load(None, env(&[("STREAMVAULT_INDEX__BACKEND", "postgres")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index.postgres.url"), "{e}");
+        for bad in [
+            ("STREAMVAULT_INDEX__BACKEND", "mysql"),
+            ("STREAMVAULT_INDEX__POSTGRES__MAX_CONNECTIONS", "0"),
         ] {
             assert!(Settings::load(None, env(&[bad])).is_err(), "{bad:?}");
         }

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 /// Seconds each trim took (histogram).
 pub const TRIM_SECONDS: &str = "streamvault_memory_trim_seconds";
 
-/// Starts the trimming thread (an OS thread: a trim holds arena locks for a few
-/// milliseconds and must not occupy an async worker). `interval` zero turns it off.
+/// Starts the trimming thread (an OS thread: a trim walks every arena under its lock,
+/// which must not occupy an async worker; `TRIM_SECONDS` shows how long it takes).
+/// `interval` zero turns it off.
 /// The thread ends when `stop` is cancelled.
 pub fn spawn(interval: Duration, stop: CancellationToken) {
     if interval.is_zero() || !supported() {

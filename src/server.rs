@@ -18,7 +18,7 @@ use crate::api::{self, AppState};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Settings, StoreBackend};
 use crate::gc::{Sweeper, Trigger};
-use crate::index::sqlite::SqliteIndex;
+use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::playback::Playback;
 use crate::retention::Retention;
@@ -61,8 +61,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Opens the index, the store and the keyring.
-    pub fn build(self) -> anyhow::Result<Server> {
+    /// Opens the index (the backend `index.backend` names), the store and the keyring.
+    pub async fn build(self) -> anyhow::Result<Server> {
         let settings = self.settings;
         std::fs::create_dir_all(&settings.data_dir)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -105,14 +105,14 @@ impl ServerBuilder {
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this server can read, write and delete every stream"
             );
         }
-        let index = Arc::new(SqliteIndex::open(&settings.index_path())?);
+        let index = crate::index::open(&settings).await?;
         let mut store = FragmentStore::new(objects, Arc::new(keyring));
         if let Some(root) = &local_root {
             store = store.with_local_segments(root.clone());
         }
         // Every API reads through the retention view: expired fragments are invisible
         // before the retention task deletes them.
-        let view = Arc::new(index.retention_view(clock.clone()));
+        let view = index.retention_view(clock.clone());
         let catalog = Catalog::new(&settings, view, store.clone(), clock.clone());
         let (signer, generated) =
             crate::playback::token::TokenSigner::load_or_generate(&settings.data_dir.join("keys"))?;
@@ -143,7 +143,7 @@ impl ServerBuilder {
 pub struct Server {
     settings: Arc<Settings>,
     /// The raw index (no retention view): background tasks and shutdown.
-    index: Arc<SqliteIndex>,
+    index: Arc<dyn Index>,
     catalog: Catalog,
     clock: SharedClock,
     auth: Arc<crate::auth::Auth>,
@@ -316,7 +316,7 @@ impl Server {
         let _ = commit_task.await;
         let _ = gc_task.await;
         let _ = retention_task.await;
-        self.index.close();
+        self.index.close().await;
         tracing::info!("index closed; stopped");
         Ok(())
     }
@@ -329,7 +329,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     Server::builder(settings)
-        .build()?
+        .build()
+        .await?
         .serve(listener, shutdown)
         .await
 }

@@ -213,12 +213,10 @@ async fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
     let settings = load_settings(&a.common)?;
-    if !settings.index_path().exists() {
-        anyhow::bail!(
-            "no index at {}: is --data-dir right?",
-            settings.index_path().display()
-        );
-    }
+    // Read-only: `check` may run beside a live server and must not make its commits
+    // wait or fail (a checkpoint or migration would take the write lock). Opened first:
+    // a missing SQLite index is the likeliest mistake (a wrong --data-dir).
+    let index = crate::index::open_read_only(&settings).await?;
     let default_path = settings
         .data_dir
         .join("keys")
@@ -234,15 +232,12 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<bool> {
         crate::store::Keyring::load(&settings.keys.default_key_id, &default_path, &files)?;
     let objects = crate::store::object_store_from_settings(&settings)?;
     let store = crate::store::FragmentStore::new(objects, Arc::new(keyring));
-    // Read-only: `check` may run beside a live server and must not make its commits
-    // wait or fail (a checkpoint or migration would take the write lock).
-    let index = crate::index::sqlite::SqliteIndex::open_read_only(&settings.index_path())?;
     let opts = crate::check::Options {
         deep: a.deep,
         local_root: (settings.store.backend == crate::config::StoreBackend::Local)
             .then(|| settings.local_store_path()),
     };
-    let report = crate::check::check_with(&index, &store, &opts).await?;
+    let report = crate::check::check_with(index.as_ref(), &store, &opts).await?;
     println!(
         "checked {} fragments ({} decrypted), {} sessions, {} objects listed",
         report.fragments_checked,

@@ -2,20 +2,74 @@
 //! reservations), upload sessions (sealed header elements), fragments (numbers,
 //! timestamps, sizes, object keys, content hashes, metadata tags) and pending garbage.
 //!
-//! [`Index`] is an async trait so a PostgreSQL implementation can sit beside the embedded
-//! SQLite one ([`sqlite::SqliteIndex`]); the SQL is kept portable (no SQLite-only syntax
-//! in queries beyond `INSERT … ON CONFLICT`). A committed write is durable: the SQLite
-//! implementation runs in WAL mode with `synchronous=FULL`.
+//! [`Index`] is an async trait with two implementations: the embedded SQLite one
+//! ([`sqlite::SqliteIndex`], the default) and PostgreSQL ([`postgres::PostgresIndex`],
+//! for several nodes; `docs/design/index-postgres.md`). [`open`] builds the one the
+//! settings name; both pass one conformance suite (`conformance.rs`). A committed write
+//! is durable: SQLite runs in WAL mode with `synchronous=FULL`, PostgreSQL commits with
+//! the server's `synchronous_commit` (on by default).
 
+pub mod postgres;
 pub mod sqlite;
 
+#[cfg(test)]
+mod conformance;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::clock::EpochMillis;
+use crate::clock::{EpochMillis, SharedClock};
+use crate::config::{IndexBackend, Settings};
 use crate::error::{Error, ErrorKind};
 use crate::model::StreamName;
+
+/// Opens the index `settings.index` names, creating it or applying pending migrations:
+/// `<data_dir>/index.sqlite3` (`sqlite`) or the database at `index.postgres.url`
+/// (`postgres`). This is the raw index; [`Index::retention_view`] gives the view the read
+/// APIs use.
+pub async fn open(settings: &Settings) -> IndexResult<Arc<dyn Index>> {
+    match settings.index.backend {
+        IndexBackend::Sqlite => Ok(Arc::new(sqlite::SqliteIndex::open(&settings.index_path())?)),
+        IndexBackend::Postgres => {
+            let pg = &settings.index.postgres;
+            let index =
+                postgres::PostgresIndex::open(postgres_url(settings)?, pg.max_connections).await?;
+            Ok(Arc::new(index))
+        }
+    }
+}
+
+/// Opens an existing index for reading only (`streamvault check` beside a live server):
+/// nothing is created or migrated and no write lock is ever taken. SQLite: the file must
+/// exist; PostgreSQL: every transaction is read-only. The schema must be this binary's.
+pub async fn open_read_only(settings: &Settings) -> IndexResult<Arc<dyn Index>> {
+    match settings.index.backend {
+        IndexBackend::Sqlite => {
+            let path = settings.index_path();
+            if !path.exists() {
+                return Err(IndexError::Db(format!(
+                    "no index at {}: is --data-dir right?",
+                    path.display()
+                )));
+            }
+            Ok(Arc::new(sqlite::SqliteIndex::open_read_only(&path)?))
+        }
+        IndexBackend::Postgres => Ok(Arc::new(
+            postgres::PostgresIndex::open_read_only(postgres_url(settings)?).await?,
+        )),
+    }
+}
+
+fn postgres_url(settings: &Settings) -> IndexResult<&str> {
+    match &settings.index.postgres.url {
+        Some(u) if !u.0.is_empty() => Ok(&u.0),
+        _ => Err(IndexError::Db(
+            "index.postgres.url is required for index.backend = \"postgres\"".into(),
+        )),
+    }
+}
 
 /// Index failures.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +329,7 @@ pub fn retention_cutoff_ms(now_ms: EpochMillis, retention_hours: i64) -> EpochMi
 /// The index interface. Every method is a single transaction.
 ///
 /// **Retention view.** The index the catalog (and so every read API) uses is a *retention
-/// view* (`SqliteIndex::retention_view`): [`Index::get_fragment`],
+/// view* ([`Index::retention_view`]): [`Index::get_fragment`],
 /// [`Index::fragments_after`], [`Index::fragments_in_range`], [`Index::last_fragment`] and
 /// [`Index::find_fragment_by_content`] never return a fragment whose server timestamp is
 /// below [`retention_cutoff_ms`] of its stream at the view's clock, whether or not the
@@ -283,6 +337,13 @@ pub fn retention_cutoff_ms(now_ms: EpochMillis, retention_hours: i64) -> EpochMi
 /// sweeper and the retention task use it.
 #[async_trait]
 pub trait Index: Send + Sync + std::fmt::Debug {
+    /// The same index (same connections) as a retention view at `clock`: fragment reads
+    /// never return a fragment older than its stream's retention (see above).
+    fn retention_view(&self, clock: SharedClock) -> Arc<dyn Index>;
+    /// Shutdown, after the last write: SQLite checkpoints its WAL into the file,
+    /// PostgreSQL closes its connections. Views share the raw index's connections.
+    async fn close(&self);
+
     /// Creates a stream; fails when the name is taken or `max_streams` would be exceeded.
     async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord>;
     async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>>;

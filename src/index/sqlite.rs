@@ -420,6 +420,14 @@ fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
 
 #[async_trait]
 impl Index for SqliteIndex {
+    fn retention_view(&self, clock: SharedClock) -> Arc<dyn Index> {
+        Arc::new(SqliteIndex::retention_view(self, clock))
+    }
+
+    async fn close(&self) {
+        SqliteIndex::close(self);
+    }
+
     async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord> {
         self.write(move |c| {
             let tx = c

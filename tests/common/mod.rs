@@ -140,6 +140,7 @@ impl TestServer {
         let server = streamvault::server::Server::builder(settings)
             .with_clock(clock)
             .build()
+            .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(listener, async {
@@ -790,6 +791,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let server = build(streamvault::server::Server::builder(settings))
             .build()
+            .await
             .unwrap();
         let handles = Handles {
             gc: server.gc_trigger(),
