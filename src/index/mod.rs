@@ -319,6 +319,19 @@ pub struct StreamStats {
     pub max_seq: Option<u64>,
 }
 
+/// UpdateStream / DeleteStream with a `CurrentVersion`: `VersionMismatch` unless it is
+/// the stream's version now (both backends, inside their write transaction).
+fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
+    match expected {
+        Some(v) if v != s.version => Err(IndexError::VersionMismatch {
+            stream: s.name.to_string(),
+            expected: v.to_owned(),
+            current: s.version.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The earliest server timestamp a stream with `retention_hours` still serves at `now_ms`:
 /// a fragment is expired (never returned by a read, deleted by the retention task) when
 /// its server timestamp is below this.

@@ -278,6 +278,16 @@ impl PostgresIndex {
         rows.iter().map(|r| decode(r).map_err(db_err)).collect()
     }
 
+    /// The row `q` selects, if any, decoded by `from_row`.
+    async fn optional<T>(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        from_row: impl Fn(&PgRow) -> Result<T, sqlx::Error>,
+    ) -> IndexResult<Option<T>> {
+        let row = q.fetch_optional(&self.pool).await.map_err(db_err)?;
+        row.as_ref().map(from_row).transpose().map_err(db_err)
+    }
+
     async fn fragments(
         &self,
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -355,27 +365,16 @@ impl Index for PostgresIndex {
     }
 
     async fn get_stream(&self, name: &StreamName) -> IndexResult<Option<StreamRecord>> {
-        let row = sqlx::query(STREAM_BY_NAME)
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.as_ref()
-            .map(stream_from_row)
-            .transpose()
-            .map_err(db_err)
+        self.optional(
+            sqlx::query(STREAM_BY_NAME).bind(name.as_str()),
+            stream_from_row,
+        )
+        .await
     }
 
     async fn get_stream_by_id(&self, stream_id: &str) -> IndexResult<Option<StreamRecord>> {
-        let row = sqlx::query(STREAM_BY_ID)
-            .bind(stream_id)
-            .fetch_optional(&self.pool)
+        self.optional(sqlx::query(STREAM_BY_ID).bind(stream_id), stream_from_row)
             .await
-            .map_err(db_err)?;
-        row.as_ref()
-            .map(stream_from_row)
-            .transpose()
-            .map_err(db_err)
     }
 
     async fn list_streams(
@@ -468,16 +467,13 @@ impl Index for PostgresIndex {
         stream_id: &str,
         session_id: u64,
     ) -> IndexResult<Option<SessionRecord>> {
-        let row = sqlx::query(GET_SESSION)
-            .bind(stream_id)
-            .bind(session_id as i64)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-        row.as_ref()
-            .map(session_from_row)
-            .transpose()
-            .map_err(db_err)
+        self.optional(
+            sqlx::query(GET_SESSION)
+                .bind(stream_id)
+                .bind(session_id as i64),
+            session_from_row,
+        )
+        .await
     }
 
     async fn insert_fragment(&self, f: FragmentRecord) -> IndexResult<()> {
@@ -688,15 +684,8 @@ impl Index for PostgresIndex {
     }
 
     async fn get_segment(&self, key: &str) -> IndexResult<Option<SegmentRecord>> {
-        let row = sqlx::query(GET_SEGMENT)
-            .bind(key)
-            .fetch_optional(&self.pool)
+        self.optional(sqlx::query(GET_SEGMENT).bind(key), segment_from_row)
             .await
-            .map_err(db_err)?;
-        row.as_ref()
-            .map(segment_from_row)
-            .transpose()
-            .map_err(db_err)
     }
 
     async fn stream_stats(&self) -> IndexResult<Vec<StreamStats>> {

@@ -12,20 +12,7 @@ use sqlx::{PgConnection, Row};
 use super::sql::*;
 use super::{CREATE_LOCK, TxResult, segments};
 use crate::clock::EpochMillis;
-use crate::index::{
-    FragmentRecord, IndexError, IndexResult, NewStream, StreamRecord, StreamUpdate,
-};
-
-pub(super) fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
-    match expected {
-        Some(v) if v != s.version => Err(IndexError::VersionMismatch {
-            stream: s.name.to_string(),
-            expected: v.to_owned(),
-            current: s.version.clone(),
-        }),
-        _ => Ok(()),
-    }
-}
+use crate::index::{FragmentRecord, IndexError, NewStream, StreamRecord, StreamUpdate};
 
 /// The stream row `sql` selects by id, with its tags.
 pub(super) async fn stream_where(
@@ -144,7 +131,7 @@ pub(super) async fn update_stream_tx(
     let cur = stream_where(c, STREAM_BY_ID_FOR_UPDATE, id)
         .await?
         .ok_or_else(|| IndexError::StreamNotFound(id.to_owned()))?;
-    check_version(&cur, expected)?;
+    super::check_version(&cur, expected)?;
     match update {
         StreamUpdate::Metadata {
             device_name,
@@ -200,7 +187,7 @@ pub(super) async fn delete_stream_tx(
     let cur = stream_where(c, STREAM_BY_ID_FOR_UPDATE, id)
         .await?
         .ok_or_else(|| IndexError::StreamNotFound(id.to_owned()))?;
-    check_version(&cur, expected)?;
+    super::check_version(&cur, expected)?;
     let touched: BTreeSet<String> = sqlx::query_scalar(
         "SELECT DISTINCT object_key FROM fragments WHERE stream_id = $1 AND object_offset IS NOT NULL",
     )

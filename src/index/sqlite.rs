@@ -407,17 +407,6 @@ fn set_config(c: &Connection, id: &str, kind: &str, body: Option<&str>) -> Index
     Ok(())
 }
 
-fn check_version(s: &StreamRecord, expected: Option<&str>) -> IndexResult<()> {
-    match expected {
-        Some(v) if v != s.version => Err(IndexError::VersionMismatch {
-            stream: s.name.to_string(),
-            expected: v.to_owned(),
-            current: s.version.clone(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 #[async_trait]
 impl Index for SqliteIndex {
     fn retention_view(&self, clock: SharedClock) -> Arc<dyn Index> {
@@ -537,7 +526,7 @@ impl Index for SqliteIndex {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
-            check_version(&cur, expected.as_deref())?;
+            super::check_version(&cur, expected.as_deref())?;
             match &update {
                 StreamUpdate::Metadata { device_name, media_type } => {
                     tx.execute(
@@ -588,7 +577,7 @@ impl Index for SqliteIndex {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
             let cur = stream_where(&tx, STREAM_BY_ID, &id)?.ok_or_else(|| IndexError::StreamNotFound(id.clone()))?;
-            check_version(&cur, expected.as_deref())?;
+            super::check_version(&cur, expected.as_deref())?;
             let touched = segments::stream_segments(&tx, &id)?;
             // Crypto-shred first: the wrapped data key is overwritten before the row goes,
             // so even a page of the old row surviving in the file holds no usable key.
