@@ -16,6 +16,7 @@ pub mod auth;
 pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fragmenter;

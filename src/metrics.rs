@@ -78,3 +78,9 @@ pub const IMAGES_GENERATED: &str = "streamvault_images_generated_total";
 /// Image work that panicked and was contained (the job or the instants failed, the
 /// worker and the request went on), by `stage` (`generation_job`, `decode`).
 pub const IMAGE_PANICS: &str = "streamvault_image_panics_total";
+/// Cluster leases this node lost (a renewal or a fenced commit found another epoch).
+pub const CLUSTER_LEASES_LOST: &str = "streamvault_cluster_leases_lost_total";
+/// Nodes whose expired lease this node took over.
+pub const CLUSTER_TAKEOVERS: &str = "streamvault_cluster_takeovers_total";
+/// Fragments refused by the commit fence (the lease or the stream's ownership is gone).
+pub const CLUSTER_FENCED_FRAGMENTS: &str = "streamvault_cluster_fenced_fragments_total";

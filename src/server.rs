@@ -114,11 +114,18 @@ impl ServerBuilder {
         // before the retention task deletes them.
         let view = index.retention_view(clock.clone());
         let catalog = Catalog::new(&settings, view, store.clone(), clock.clone());
-        let (signer, generated) =
-            crate::playback::token::TokenSigner::load_or_generate(&settings.data_dir.join("keys"))?;
-        if let Some(p) = generated {
-            tracing::info!(path = %p.display(), "generated the HLS/DASH session token key");
-        }
+        let signer = match &settings.keys.session_token_file {
+            Some(path) => crate::playback::token::TokenSigner::load_file(path)?,
+            None => {
+                let (signer, generated) = crate::playback::token::TokenSigner::load_or_generate(
+                    &settings.data_dir.join("keys"),
+                )?;
+                if let Some(p) = generated {
+                    tracing::info!(path = %p.display(), "generated the HLS/DASH session token key");
+                }
+                signer
+            }
+        };
         let playback = Arc::new(Playback::new(
             settings.playback.clone(),
             signer,
@@ -204,6 +211,26 @@ impl Server {
             crate::clock::Clock::now_ms(self.clock.as_ref()),
         )
         .await?;
+        let public_url: Arc<str> = self.settings.public_base_url(addr).into();
+        // A node on the shared index takes its lease before it ingests anything.
+        let cluster = if self.settings.cluster_enabled() {
+            let coord = self.index.coordinator().ok_or_else(|| {
+                anyhow::anyhow!("index.backend = \"postgres\" did not give a cluster coordinator")
+            })?;
+            if self.settings.store.backend == StoreBackend::Local {
+                tracing::warn!(
+                    "cluster node on the local store: other nodes read this node's fragments only if they share store.local_path; use store.backend = \"s3\" for more than one machine"
+                );
+            }
+            Some(
+                crate::cluster::Membership::join(coord, &self.settings.cluster, &public_url)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let lease_stop = CancellationToken::new();
+        let lease_task = cluster.clone().map(|m| m.spawn(lease_stop.clone()));
         let commit_stop = CancellationToken::new();
         let (committer, commit_task) = crate::ingest::commit::Committer::spawn(
             store,
@@ -211,6 +238,7 @@ impl Server {
             self.clock.clone(),
             &self.settings.store,
             self.segment_faults.clone(),
+            cluster.clone(),
             commit_stop.clone(),
         );
         ingest.set_committer(committer);
@@ -223,7 +251,7 @@ impl Server {
         .spawn(ingest.persisted_events(), stop.clone());
         notifier.follow(ingest.persisted_events(), stop.clone());
         let state = AppState {
-            public_url: self.settings.public_base_url(addr).into(),
+            public_url,
             settings: self.settings.clone(),
             catalog: self.catalog.clone(),
             metrics: crate::metrics::handle(),
@@ -234,6 +262,7 @@ impl Server {
             auth: self.auth.clone(),
             playback: self.playback.clone(),
             images,
+            cluster: cluster.clone(),
         };
         let sweeper = Sweeper {
             index: self.index.clone(),
@@ -314,6 +343,14 @@ impl Server {
         // Uploads have ended: the committer closes its open segments.
         commit_stop.cancel();
         let _ = commit_task.await;
+        // After the last commit: the streams move to other nodes at once.
+        lease_stop.cancel();
+        if let Some(t) = lease_task {
+            let _ = t.await;
+        }
+        if let Some(m) = &cluster {
+            m.leave().await;
+        }
         let _ = gc_task.await;
         let _ = retention_task.await;
         self.index.close().await;

@@ -8,18 +8,8 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::process::{BIN, free_port, signed_call, wait_listening};
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_streamvault");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts `streamvault serve` (with TLS when `tls` names a certificate and key) and
 /// waits for its "listening on" line.
@@ -52,19 +42,7 @@ async fn start_server(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .expect("server start")
-            .unwrap()
-            .expect("server output");
-        if line.contains(&format!("listening on {scheme}://")) {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    wait_listening(&mut child, scheme).await;
     child
 }
 
@@ -212,33 +190,6 @@ async fn stored_once(data: &std::path::Path, stream: &str) {
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-}
-
-/// Signs and sends one KVS JSON call; returns the status and body.
-async fn signed_call(
-    client: &reqwest::Client,
-    endpoint: &str,
-    op: &str,
-    body: &str,
-) -> (u16, String) {
-    let host = endpoint.split_once("://").unwrap().1.to_owned();
-    let sig = sign_with(
-        TEST_KEY,
-        "POST",
-        &host,
-        &format!("/{op}"),
-        &[("content-type", "application/json")],
-        &sha256_hex(body.as_bytes()),
-        std::time::SystemTime::now(),
-    );
-    let mut req = client
-        .post(format!("{endpoint}/{op}"))
-        .header("content-type", "application/json");
-    for (k, v) in sig {
-        req = req.header(k, v);
-    }
-    let r = req.body(body.to_owned()).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
 }
 
 /// `--endpoint` names a control endpoint that answers only GetDataEndpoint (with the

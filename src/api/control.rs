@@ -369,7 +369,7 @@ async fn get_data_endpoint(
             API_NAMES.join(", ")
         )));
     }
-    state
+    let stream = state
         .catalog
         .resolve(
             &access,
@@ -378,5 +378,13 @@ async fn get_data_endpoint(
             ErrorKind::InvalidArgument,
         )
         .await?;
-    Ok(Json(json!({ "DataEndpoint": &*state.public_url })))
+    // A cluster sends producers and live readers to the stream's owner; any node serves
+    // the rest (`docs/design/cluster.md`, Routing).
+    let endpoint = match &state.cluster {
+        Some(m) if matches!(api.as_str(), "PUT_MEDIA" | "GET_MEDIA") => {
+            m.data_endpoint(&stream.stream_id).await?
+        }
+        _ => state.public_url.to_string(),
+    };
+    Ok(Json(json!({ "DataEndpoint": endpoint })))
 }

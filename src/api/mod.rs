@@ -56,6 +56,8 @@ pub struct AppState {
     pub playback: Arc<crate::playback::Playback>,
     /// GetImages / image generation decoding.
     pub images: crate::images::ImageService,
+    /// This node's cluster membership (`index.backend = "postgres"`); `None` alone.
+    pub cluster: Option<Arc<crate::cluster::Membership>>,
 }
 
 /// The whole router.

@@ -152,9 +152,16 @@ async fn put_media(
             )));
         }
     };
-    let conn = state
-        .ingest
-        .connect(&stream.stream_id, stream.name.as_str());
+    // A cluster node ingests only the streams it owns (`docs/design/cluster.md`).
+    let lease = match &state.cluster {
+        Some(m) => Some(m.claim(&stream.stream_id).await?),
+        None => None,
+    };
+    let conn = state.ingest.connect_under(
+        &stream.stream_id,
+        stream.name.as_str(),
+        lease.as_ref().map(|l| &l.token),
+    );
     let key = state.catalog.data_key(&stream)?;
 
     // Reading the first chunk makes hyper answer `Expect: 100-continue` before our 200.
@@ -191,6 +198,7 @@ async fn put_media(
         acks,
         shutdown: state.shutdown.clone(),
         superseded: conn.superseded,
+        epoch: lease.map(|l| l.epoch),
     };
     tracing::info!(stream = %stream.name, ?mode, acks = !quiet, "PutMedia session started");
     state.sessions.spawn(async move {

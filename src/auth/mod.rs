@@ -148,6 +148,11 @@ impl KeyStore {
         }
         let mut generated = None;
         if settings.auth.enabled && keys.is_empty() {
+            if settings.cluster_enabled() {
+                anyhow::bail!(
+                    "a cluster node (index.backend = \"postgres\") with auth on needs configured access keys (access_key_id and secret_access_key, or auth.keys): a generated root key would differ per node"
+                );
+            }
             let path = settings.data_dir.join("credentials");
             let (id, secret, fresh) = read_or_generate(&path)?;
             if fresh {

@@ -115,6 +115,11 @@ fn index_backend_from_env_and_its_rules() {
                 "postgres://sv:hunter2@db.example:5433/video",
             ),
             ("STREAMVAULT_INDEX__POSTGRES__MAX_CONNECTIONS", "4"),
+            ("STREAMVAULT_KEYS__DEFAULT_KEY_ID", "shared"),
+            ("STREAMVAULT_KEYS__FILES__SHARED", "/etc/sv/master.key"),
+            ("STREAMVAULT_KEYS__SESSION_TOKEN_FILE", "/etc/sv/token.key"),
+            ("STREAMVAULT_ACCESS_KEY_ID", "AKIDCLUSTER"),
+            ("STREAMVAULT_SECRET_ACCESS_KEY", "cluster-secret"),
             // The test suite's server URL is no setting.
             (
                 "STREAMVAULT_TEST_POSTGRES_URL",
@@ -136,6 +141,51 @@ fn index_backend_from_env_and_its_rules() {
     ] {
         assert!(Settings::load(None, env(&[bad])).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn a_cluster_node_reads_shared_secrets_and_never_generates_them() {
+    let base = [
+        ("STREAMVAULT_INDEX__BACKEND", "postgres"),
+        ("STREAMVAULT_INDEX__POSTGRES__URL", "postgres://x@db/sv"),
+        ("STREAMVAULT_KEYS__DEFAULT_KEY_ID", "shared"),
+        ("STREAMVAULT_KEYS__FILES__SHARED", "/etc/sv/master.key"),
+        ("STREAMVAULT_KEYS__SESSION_TOKEN_FILE", "/etc/sv/token.key"),
+        ("STREAMVAULT_ACCESS_KEY_ID", "AKIDCLUSTER"),
+        ("STREAMVAULT_SECRET_ACCESS_KEY", "cluster-secret"),
+        ("STREAMVAULT_CLUSTER__NODE_ID", "node-7"),
+        ("STREAMVAULT_CLUSTER__LEASE_TTL", "9s"),
+    ];
+    let s = Settings::load(None, env(&base)).unwrap();
+    assert!(s.cluster_enabled());
+    assert_eq!(s.cluster.node_id(), "node-7");
+    assert_eq!(s.cluster.lease_ttl, std::time::Duration::from_secs(9));
+    assert_eq!(s.cluster.lease_renew, std::time::Duration::from_secs(2));
+    assert!(!Settings::default().cluster_enabled());
+    // Each missing shared secret is refused, naming the setting to set.
+    for (drop, names) in [
+        ("STREAMVAULT_KEYS__FILES__SHARED", "keys.files"),
+        (
+            "STREAMVAULT_KEYS__SESSION_TOKEN_FILE",
+            "keys.session_token_file",
+        ),
+    ] {
+        let pairs: Vec<(&str, &str)> = base.iter().copied().filter(|(k, _)| *k != drop).collect();
+        let e = Settings::load(None, env(&pairs)).unwrap_err().to_string();
+        assert!(e.contains(names), "without {drop}: {e}");
+    }
+    // No access key configured: the key store refuses to generate a per-node root key
+    // (access keys may also come from the command line, after the settings).
+    let no_keys = Settings::load(None, env(&base[..5])).unwrap();
+    let e = crate::auth::KeyStore::load(&no_keys)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("access_key_id"), "{e}");
+    assert!(!no_keys.data_dir.join("credentials").exists());
+    let mut short = base.to_vec();
+    short.push(("STREAMVAULT_CLUSTER__LEASE_RENEW", "5s"));
+    let e = Settings::load(None, env(&short)).unwrap_err().to_string();
+    assert!(e.contains("cluster.lease_ttl"), "{e}");
 }
 
 #[test]

@@ -129,6 +129,7 @@ pub(in crate::index) async fn batches_commit_once_dedupe_inside_and_dead_segment
     gone.row.stream_id = B.into();
     let out = idx
         .commit_batch(
+            None,
             vec![segment(S1, 420, false)],
             vec![in_segment(1, 10, S1, 0), in_segment(2, 10, S1, 140), gone],
         )
@@ -146,6 +147,7 @@ pub(in crate::index) async fn batches_commit_once_dedupe_inside_and_dead_segment
     assert_eq!((got.object_key.as_str(), got.object_offset), (S1, Some(0)));
     // A later batch raises the durable end; another segment gets row 4.
     idx.commit_batch(
+        None,
         vec![segment(S1, 560, false), segment(S2, 140, true)],
         vec![in_segment(4, 20, S2, 0), in_segment(5, 30, S1, 420)],
     )
@@ -174,6 +176,7 @@ pub(in crate::index) async fn batches_commit_once_dedupe_inside_and_dead_segment
     );
     // Startup: open segments are sealed and returned (as they were); one with rows stays.
     idx.commit_batch(
+        None,
         vec![segment(S2, 140, false), segment(S3, 0, false)],
         vec![in_segment(6, 31 * H, S2, 0)],
     )
@@ -206,7 +209,7 @@ pub(in crate::index) async fn batch_outcomes_for_taken_numbers_windows_and_repea
     idx.create_stream(new_stream("cam2", B), 10).await.unwrap();
     let mut stored = in_segment(1, 100, S1, 0);
     stored.row.content_hash = "s".into();
-    idx.commit_batch(vec![segment(S1, 140, false)], vec![stored.clone()])
+    idx.commit_batch(None, vec![segment(S1, 140, false)], vec![stored.clone()])
         .await
         .unwrap();
     // A taken number (stored, or earlier in the batch) is SeqTaken; no dedupe window
@@ -232,6 +235,7 @@ pub(in crate::index) async fn batch_outcomes_for_taken_numbers_windows_and_repea
     other_stream.row.stream_id = B.into();
     let out = idx
         .commit_batch(
+            None,
             vec![
                 segment(S1, 560, false),
                 segment(S2, 1, false),
@@ -276,12 +280,17 @@ pub(in crate::index) async fn batch_outcomes_for_taken_numbers_windows_and_repea
     // Earliest by seq: a later re-send of "s" names row 1, not row 3.
     let mut resend = stored.clone();
     resend.row.seq = 9;
-    let out = idx.commit_batch(vec![], vec![resend]).await.unwrap();
+    let out = idx.commit_batch(None, vec![], vec![resend]).await.unwrap();
     assert_eq!(out, vec![RowOutcome::Duplicate(stored.row.clone())]);
     // Empty batches are fine.
-    assert!(idx.commit_batch(vec![], vec![]).await.unwrap().is_empty());
     assert!(
-        idx.commit_batch(vec![segment(S3, 0, false)], vec![])
+        idx.commit_batch(None, vec![], vec![])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        idx.commit_batch(None, vec![segment(S3, 0, false)], vec![])
             .await
             .unwrap()
             .is_empty()
@@ -310,7 +319,11 @@ pub(in crate::index) async fn trim_and_expire_retire_segment_rows_and_spare_open
         dedupe_since_ms: None,
     });
     let out = idx
-        .commit_batch(vec![segment(S1, 560, true), segment(S2, 560, false)], rows)
+        .commit_batch(
+            None,
+            vec![segment(S1, 560, true), segment(S2, 560, false)],
+            rows,
+        )
         .await
         .unwrap();
     assert!(out.iter().all(|o| *o == RowOutcome::Inserted));
@@ -409,7 +422,12 @@ pub(in crate::index) async fn concurrent_writers_keep_the_single_writer_rules(b:
                     row: f,
                     dedupe_since_ms: Some(0),
                 };
-                match idx.commit_batch(vec![], vec![row]).await.unwrap().remove(0) {
+                match idx
+                    .commit_batch(None, vec![], vec![row])
+                    .await
+                    .unwrap()
+                    .remove(0)
+                {
                     RowOutcome::Inserted => None,
                     RowOutcome::Duplicate(orig) => Some(orig.seq),
                     o => panic!("{o:?}"),
@@ -437,7 +455,10 @@ pub(in crate::index) async fn concurrent_writers_keep_the_single_writer_rules(b:
                 row: f,
                 dedupe_since_ms: Some(0),
             };
-            idx.commit_batch(vec![], vec![row]).await.unwrap().remove(0)
+            idx.commit_batch(None, vec![], vec![row])
+                .await
+                .unwrap()
+                .remove(0)
         })
     });
     let delete = {

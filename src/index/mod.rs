@@ -88,6 +88,10 @@ pub enum IndexError {
     StreamLimit(u64),
     #[error("fragment already indexed: stream_id={stream_id} seq={seq}")]
     DuplicateFragment { stream_id: String, seq: u64 },
+    /// The commit fence failed: the node's lease (`node_id`, epoch) is not live (see
+    /// `docs/design/cluster.md`); nothing of the transaction was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("index database: {0}")]
     Db(String),
 }
@@ -99,7 +103,9 @@ impl From<IndexError> for Error {
             IndexError::StreamExists(_) => ErrorKind::ResourceInUse,
             IndexError::VersionMismatch { .. } => ErrorKind::VersionMismatch,
             IndexError::StreamLimit(_) => ErrorKind::AccountStreamLimitExceeded,
-            IndexError::DuplicateFragment { .. } | IndexError::Db(_) => ErrorKind::Internal,
+            IndexError::DuplicateFragment { .. } | IndexError::Fenced(_) | IndexError::Db(_) => {
+                ErrorKind::Internal
+            }
         };
         Error::new(kind, e.to_string())
     }
@@ -286,6 +292,18 @@ pub enum RowOutcome {
     StreamGone,
     /// The number is already used by a row (a bug or a replay): nothing inserted.
     SeqTaken,
+    /// Cluster: the fence's node does not own the stream at the fence's epoch (another
+    /// node took it over): nothing inserted.
+    NotOwner,
+}
+
+/// The commit fence of a cluster node (`docs/design/cluster.md`, C1): a fragment commit
+/// under it succeeds only while `node_id` holds a live lease at `epoch`, and inserts a
+/// row only for streams that node owns at that epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node_id: String,
+    pub epoch: i64,
 }
 
 /// What a retention step retired: how many fragment rows went, and the garbage rows
@@ -353,6 +371,11 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     /// The same index (same connections) as a retention view at `clock`: fragment reads
     /// never return a fragment older than its stream's retention (see above).
     fn retention_view(&self, clock: SharedClock) -> Arc<dyn Index>;
+    /// The cluster tables of the same database, for an index several nodes share
+    /// (PostgreSQL); `None` for the embedded one.
+    fn coordinator(&self) -> Option<Arc<dyn crate::cluster::Coordinator>> {
+        None
+    }
     /// Shutdown, after the last write: SQLite checkpoints its WAL into the file,
     /// PostgreSQL closes its connections. Views share the raw index's connections.
     async fn close(&self);
@@ -483,8 +506,13 @@ pub trait Index: Send + Sync + std::fmt::Debug {
     /// `durable_end` / set `sealed`) and inserts every row (with its dedupe check, which
     /// also sees rows inserted earlier in the batch). A row that cannot be inserted gets
     /// its outcome; the others are inserted. Durable on return.
+    ///
+    /// With a `fence` (cluster nodes; PostgreSQL only) the transaction first checks the
+    /// node's lease, failing whole with [`IndexError::Fenced`], and a row of a stream the
+    /// node does not own at the fence's epoch gets [`RowOutcome::NotOwner`].
     async fn commit_batch(
         &self,
+        fence: Option<&Fence>,
         segments: Vec<SegmentRecord>,
         rows: Vec<BatchRow>,
     ) -> IndexResult<Vec<RowOutcome>>;

@@ -12,6 +12,7 @@
 //! failure re-runs the whole transaction. Errors never carry the connection URL: logs and
 //! messages name host, port and database only.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use sql::*;
 mod segments;
 #[path = "postgres_writes.rs"]
 mod writes;
+
 use writes::*;
 
 /// Advisory lock keys (one namespace per database, shared with other applications:
@@ -135,6 +137,10 @@ macro_rules! transaction {
         }
     }};
 }
+
+// After the macro: the cluster transactions use it.
+#[path = "postgres_cluster.rs"]
+mod cluster;
 
 /// `host:port/database` of `o` (or the socket path), without user or password.
 fn describe(o: &PgConnectOptions) -> String {
@@ -345,6 +351,13 @@ impl Index for PostgresIndex {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn coordinator(&self) -> Option<Arc<dyn crate::cluster::Coordinator>> {
+        Some(Arc::new(Self {
+            view: None,
+            ..self.clone()
+        }))
     }
 
     async fn create_stream(&self, s: NewStream, max_streams: u64) -> IndexResult<StreamRecord> {
@@ -647,12 +660,17 @@ impl Index for PostgresIndex {
 
     async fn commit_batch(
         &self,
+        fence: Option<&Fence>,
         segs: Vec<SegmentRecord>,
         rows: Vec<BatchRow>,
     ) -> IndexResult<Vec<RowOutcome>> {
         let now = self.view_now();
         transaction!(self.pool, |c| {
-            segments::commit_batch(c, &segs, &rows, now).await
+            let not_owned = match fence {
+                Some(f) => cluster::fence_commit(c, f, &rows).await?,
+                None => HashSet::new(),
+            };
+            segments::commit_batch(c, &segs, &rows, now, &not_owned).await
         })
     }
 

@@ -32,6 +32,7 @@ pub(super) async fn commit_batch(
     segments: &[SegmentRecord],
     rows: &[BatchRow],
     now: Option<EpochMillis>,
+    not_owned: &HashSet<String>,
 ) -> TxResult<Vec<RowOutcome>> {
     // 1. The batch's streams, locked in id order: no other writer adds, deletes or
     //    renumbers their rows until this commits. Absent ones are gone.
@@ -96,6 +97,10 @@ pub(super) async fn commit_batch(
     let mut out = Vec::with_capacity(rows.len());
     for (i, b) in rows.iter().enumerate() {
         let f = &b.row;
+        if not_owned.contains(&f.stream_id) && retention.contains_key(&f.stream_id) {
+            out.push(RowOutcome::NotOwner);
+            continue;
+        }
         let key = (
             f.stream_id.as_str(),
             f.producer_ts_ms,

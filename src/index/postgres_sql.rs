@@ -18,7 +18,8 @@ use super::{StreamName, StreamRecord, StreamStatus};
 /// Migrations, in order; `streamvault_schema` holds one row per migration applied.
 /// PostgreSQL's own history starts at the schema SQLite reached with its migration 4, so
 /// the numbers of the two backends are independent.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE streams (
     stream_id       TEXT COLLATE "C" PRIMARY KEY,
     name            TEXT COLLATE "C" NOT NULL UNIQUE,
@@ -84,7 +85,25 @@ CREATE TABLE segments (
     durable_end BIGINT NOT NULL,
     sealed      BOOLEAN NOT NULL
 );
-"#];
+"#,
+    r#"
+-- 2: cluster membership (docs/design/cluster.md). Times are the database's now().
+CREATE TABLE cluster_nodes (
+    node_id    TEXT COLLATE "C" PRIMARY KEY,
+    url        TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('live', 'dead', 'left'))
+);
+CREATE TABLE stream_owners (
+    stream_id   TEXT COLLATE "C" PRIMARY KEY REFERENCES streams (stream_id) ON DELETE CASCADE,
+    node_id     TEXT COLLATE "C" NOT NULL REFERENCES cluster_nodes (node_id),
+    node_epoch  BIGINT NOT NULL,
+    assigned_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX stream_owners_by_node ON stream_owners (node_id);
+"#,
+];
 
 /// The migration bookkeeping table; created (if missing) under the migration lock.
 pub(super) const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS streamvault_schema (

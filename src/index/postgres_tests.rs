@@ -129,6 +129,9 @@ async fn postgres_backend(test: &str) -> Option<TestDb> {
 
 crate::index::conformance::run_conformance_suite!(postgres_backend);
 
+#[path = "postgres_cluster_tests.rs"]
+mod cluster;
+
 async fn schema_versions(db: &TestDb) -> Vec<i32> {
     let mut c = PgConnection::connect_with(&db.opts).await.unwrap();
     sqlx::query_scalar("SELECT version FROM streamvault_schema ORDER BY version")

@@ -900,9 +900,16 @@ impl Index for SqliteIndex {
 
     async fn commit_batch(
         &self,
+        fence: Option<&Fence>,
         segs: Vec<SegmentRecord>,
         rows: Vec<BatchRow>,
     ) -> IndexResult<Vec<RowOutcome>> {
+        if fence.is_some() {
+            // Settings validation keeps cluster nodes off SQLite; never commit unfenced.
+            return Err(IndexError::Fenced(
+                "the embedded SQLite index cannot check a cluster fence".into(),
+            ));
+        }
         let now = self.view_now();
         self.write(move |c| segments::commit_batch(c, &segs, &rows, now))
             .await

@@ -59,10 +59,21 @@ impl Ingest {
     /// which the re-upload check absorbs). So a camera whose old connection is half-open
     /// behind a NAT can come back at once.
     pub fn connect(&self, stream_id: &str, stream_name: &str) -> Connection {
+        self.connect_under(stream_id, stream_name, None)
+    }
+
+    /// [`Ingest::connect`] on a cluster node: the connection also ends when `lease`
+    /// (the token of the cluster lease the stream was claimed under) is cancelled.
+    pub fn connect_under(
+        &self,
+        stream_id: &str,
+        stream_name: &str,
+        lease: Option<&CancellationToken>,
+    ) -> Connection {
         let runtime = self.runtime(stream_id);
         let max = self.settings.max_connections_per_stream.max(1);
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        let superseded = CancellationToken::new();
+        let superseded = lease.map_or_else(CancellationToken::new, |l| l.child_token());
         let mut evicted = Vec::new();
         {
             let mut uploads = runtime.uploads.lock().expect("uploads");

@@ -7,6 +7,9 @@
 //! they were submitted. Batches form by themselves: while one commit is in flight the
 //! next fragments queue up, and the next batch takes them all.
 //! Object-store segments also wait for `store.flush_bytes` or `store.flush_age`.
+//! On a cluster node every index transaction is fenced with the node's lease
+//! (`docs/design/cluster.md`): a fragment admitted under an epoch the node no longer
+//! holds fails before its bytes are written, and a commit the fence refuses fails whole.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{EpochMillis, SharedClock};
+use crate::cluster::Membership;
 use crate::config::StoreSettings;
-use crate::index::{BatchRow, FragmentRecord, Index, RowOutcome, SegmentRecord};
+use crate::index::{BatchRow, FragmentRecord, Index, IndexError, RowOutcome, SegmentRecord};
 use crate::store::faults::{Faults, Op};
 use crate::store::{FragmentStore, segment};
 
@@ -36,6 +40,8 @@ struct Request {
     sealed: Bytes,
     row: FragmentRecord,
     dedupe_since_ms: Option<EpochMillis>,
+    /// Cluster: the lease epoch its stream was claimed under.
+    epoch: Option<i64>,
     reply: oneshot::Sender<CommitResult>,
 }
 
@@ -53,6 +59,7 @@ struct Task {
     faults: Option<Arc<Faults>>,
     flush_bytes: usize,
     flush_age: Duration,
+    membership: Option<Arc<Membership>>,
 }
 
 impl Committer {
@@ -63,6 +70,7 @@ impl Committer {
         clock: SharedClock,
         settings: &StoreSettings,
         faults: Option<Arc<Faults>>,
+        membership: Option<Arc<Membership>>,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let limits = segment::Limits {
@@ -79,6 +87,7 @@ impl Committer {
             faults,
             flush_bytes: usize::try_from(settings.flush_bytes).unwrap_or(usize::MAX),
             flush_age: settings.flush_age,
+            membership,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         (Self { tx }, tokio::spawn(task.run(rx, stop)))
@@ -95,6 +104,7 @@ impl Committer {
         sealed: Bytes,
         row: FragmentRecord,
         dedupe_since_ms: Option<EpochMillis>,
+        epoch: Option<i64>,
     ) -> Result<oneshot::Receiver<CommitResult>, String> {
         let (reply, rx) = oneshot::channel();
         let req = Request {
@@ -102,6 +112,7 @@ impl Committer {
             sealed,
             row,
             dedupe_since_ms,
+            epoch,
             reply,
         };
         self.tx
@@ -179,8 +190,37 @@ impl Task {
         self.close_due(true).await;
     }
 
+    /// Cluster: splits off the requests admitted under an epoch this node no longer
+    /// holds (answered at once: their bytes are never written) and returns the fence the
+    /// rest commit under. Not a cluster node: everything, no fence.
+    fn fence(&self, batch: Vec<Request>) -> (Vec<Request>, Option<crate::index::Fence>) {
+        let Some(m) = &self.membership else {
+            return (batch, None);
+        };
+        let lease = m.lease();
+        let fence = lease.as_ref().and_then(|l| m.fence_for(l.epoch));
+        let (keep, stale): (Vec<Request>, Vec<Request>) = batch
+            .into_iter()
+            .partition(|r| fence.is_some() && r.epoch == fence.as_ref().map(|f| f.epoch));
+        if !stale.is_empty() {
+            metrics::counter!(crate::metrics::CLUSTER_FENCED_FRAGMENTS)
+                .increment(stale.len() as u64);
+        }
+        for r in stale {
+            let _ = r.reply.send(Err(
+                "this node no longer holds the cluster lease the upload was admitted under"
+                    .to_owned(),
+            ));
+        }
+        (keep, fence)
+    }
+
     /// Writes and commits one batch, then answers every request of it.
     async fn commit(&mut self, batch: Vec<Request>) {
+        let (batch, fence) = self.fence(batch);
+        if batch.is_empty() {
+            return;
+        }
         metrics::histogram!(crate::metrics::COMMIT_BATCH_FRAGMENTS).record(batch.len() as f64);
         metrics::histogram!(crate::metrics::COMMIT_BATCH_BYTES)
             .record(batch.iter().map(|r| r.sealed.len()).sum::<usize>() as f64);
@@ -251,9 +291,15 @@ impl Task {
             let started = std::time::Instant::now();
             let r = self
                 .index
-                .commit_batch(segments.clone(), rows)
-                .await
-                .map_err(|e| e.to_string());
+                .commit_batch(fence.as_ref(), segments.clone(), rows)
+                .await;
+            if let (Err(IndexError::Fenced(why)), Some(m), Some(f)) = (&r, &self.membership, &fence)
+            {
+                metrics::counter!(crate::metrics::CLUSTER_FENCED_FRAGMENTS)
+                    .increment(batch.len() as u64);
+                m.lost(f.epoch, why);
+            }
+            let r = r.map_err(|e| e.to_string());
             metrics::histogram!(crate::metrics::COMMIT_INDEX_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             r

@@ -215,7 +215,10 @@ async fn submit(
         metadata: f.metadata.clone(),
     };
     let class = crate::store::keys::retention_class(ctx.stream.retention_hours);
-    let reply = match committer.submit(class, sealed, rec, dedupe_since).await {
+    let reply = match committer
+        .submit(class, sealed, rec, dedupe_since, ctx.epoch)
+        .await
+    {
         Ok(reply) => reply,
         Err(msg) => return failed(job, msg),
     };
@@ -245,6 +248,9 @@ async fn answer(
         RowOutcome::Inserted => Ok(Persisted::New(stored)),
         RowOutcome::Duplicate(orig) => Ok(Persisted::Duplicate { original: orig.seq }),
         RowOutcome::StreamGone => Err(PersistError::StreamGone),
+        RowOutcome::NotOwner => Err(PersistError::Failed(format!(
+            "this node no longer owns the stream (another node took it over): stream_id={stream_id} seq={seq}"
+        ))),
         RowOutcome::SeqTaken => Err(PersistError::Failed(format!(
             "fragment number already used: stream_id={stream_id} seq={seq}"
         ))),

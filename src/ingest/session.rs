@@ -55,6 +55,9 @@ pub struct SessionContext {
     /// A newer PutMedia connection for the stream took this one's place: stop reading,
     /// drop the open fragment (the producer re-sends it), persist what was completed, end.
     pub superseded: CancellationToken,
+    /// Cluster nodes: the lease epoch the stream was claimed under. Its fragment numbers
+    /// come from blocks reserved under it and its commits are fenced with it.
+    pub epoch: Option<i64>,
 }
 
 struct Driver {
@@ -202,7 +205,11 @@ impl Driver {
             Output::Session(h) => {
                 let session_id = ctx
                     .runtime
-                    .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
+                    .next_seq(
+                        ctx.catalog.index().as_ref(),
+                        &ctx.stream.stream_id,
+                        ctx.epoch,
+                    )
                     .await?;
                 self.session_id = Some(session_id);
                 let (sealed, header) = ctx
@@ -223,7 +230,11 @@ impl Driver {
             Output::FragmentStart(s) => {
                 let seq = ctx
                     .runtime
-                    .next_seq(ctx.catalog.index().as_ref(), &ctx.stream.stream_id)
+                    .next_seq(
+                        ctx.catalog.index().as_ref(),
+                        &ctx.stream.stream_id,
+                        ctx.epoch,
+                    )
                     .await?;
                 self.open.insert(s.local_id, (seq, Instant::now()));
                 ctx.acks.send(Ack::Buffering {

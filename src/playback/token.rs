@@ -275,8 +275,19 @@ impl TokenSigner {
             write_new_key(&path)?;
             generated = Some(path.clone());
         }
-        let text = std::fs::read(&path)?;
-        crate::fsperm::warn_if_exposed(&path, "session token key");
+        Ok((Self::load_file(&path)?, generated))
+    }
+
+    /// Loads the key at `path` (`keys.session_token_file`: cluster nodes share it); never
+    /// generates one.
+    pub fn load_file(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("session token key {}: {e}", path.display()),
+            )
+        })?;
+        crate::fsperm::warn_if_exposed(path, "session token key");
         let trimmed: Vec<u8> = text
             .iter()
             .copied()
@@ -295,7 +306,7 @@ impl TokenSigner {
                 ));
             }
         };
-        Ok((Self::from_key(&raw), generated))
+        Ok(Self::from_key(&raw))
     }
 
     /// The token for `claims`.

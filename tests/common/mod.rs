@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod fragment_tags;
+pub mod process;
 pub mod put;
 pub mod webhook;
 

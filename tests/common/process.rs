@@ -1,0 +1,66 @@
+//! Helpers for tests that run the real `streamvault` binary as separate processes: a
+//! free loopback port, waiting for a server's "listening on" line, and one signed KVS
+//! JSON call over HTTP.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{TEST_KEY, sha256_hex, sign_with};
+
+/// The `streamvault` binary cargo built for the integration tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_streamvault");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (30 s at most) for a spawned `serve` (stderr piped) to print
+/// "listening on <scheme>://", then keeps draining its stderr.
+pub async fn wait_listening(child: &mut tokio::process::Child, scheme: &str) {
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("server start")
+            .unwrap()
+            .expect("server output");
+        if line.contains(&format!("listening on {scheme}://")) {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+/// Signs (with [`TEST_KEY`]) and sends one KVS JSON call; returns the status and body.
+pub async fn signed_call(
+    client: &reqwest::Client,
+    endpoint: &str,
+    op: &str,
+    body: &str,
+) -> (u16, String) {
+    let host = endpoint.split_once("://").unwrap().1.to_owned();
+    let sig = sign_with(
+        TEST_KEY,
+        "POST",
+        &host,
+        &format!("/{op}"),
+        &[("content-type", "application/json")],
+        &sha256_hex(body.as_bytes()),
+        std::time::SystemTime::now(),
+    );
+    let mut req = client
+        .post(format!("{endpoint}/{op}"))
+        .header("content-type", "application/json");
+    for (k, v) in sig {
+        req = req.header(k, v);
+    }
+    let r = req.body(body.to_owned()).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
