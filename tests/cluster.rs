@@ -1,13 +1,16 @@
-//! Two `streamvault serve` processes as cluster nodes on one PostgreSQL database
-//! (`docs/design/cluster.md`): GetDataEndpoint sends a stream's producer to one owner,
-//! the other node refuses to ingest it, and when the owner is `kill -9`ed mid-upload the
-//! surviving node takes the stream over; `streamvault put` (which re-resolves its
-//! endpoint on every reconnection, like the KVS SDKs) resumes there, and every cluster of
-//! the camera is stored once, in order, with fragment numbers increasing across owners.
+//! Cluster nodes (`docs/design/cluster.md`): two `streamvault serve` processes on one
+//! PostgreSQL database and one S3-compatible bucket. GetDataEndpoint sends a stream's
+//! producer to one owner and the other node refuses to ingest it; when the owner is
+//! `kill -9`ed, or paused (SIGSTOP) past its lease and then continued, mid-upload, the
+//! surviving node takes the stream over, `streamvault put` (which re-resolves its endpoint
+//! on every reconnection, like the KVS SDKs, and reconnects when acks stop coming) resumes
+//! there, every cluster of the camera is stored once, in order, with fragment numbers
+//! increasing across owners, and a continued old owner commits nothing more.
 //!
-//! The nodes share one local store directory here (the S3-compatible backend comes with
-//! the CI server for it). The PostgreSQL server comes from `STREAMVAULT_TEST_POSTGRES_URL`
-//! (`.ci/run` starts one); without it the test prints `SKIPPED` and passes, except under CI.
+//! The PostgreSQL server comes from `STREAMVAULT_TEST_POSTGRES_URL` and the S3-compatible
+//! server (moto) from `STREAMVAULT_TEST_S3_ENDPOINT` (`.ci/run` starts both; each test makes
+//! its own database and bucket); without them a test prints `SKIPPED` and passes, except
+//! under CI.
 
 mod common;
 
@@ -18,102 +21,198 @@ use common::process::{BIN, free_port, signed_call, wait_listening};
 use common::{TEST_KEY, sha256_hex, sign_with};
 use sqlx::{AssertSqlSafe, Connection};
 
-const URL_VAR: &str = "STREAMVAULT_TEST_POSTGRES_URL";
 const CAM: &str = "fleet-cam";
 
-/// A database of this test's own on the test server, dropped at the end.
-async fn test_database() -> Option<(String, String)> {
-    let server = match std::env::var(URL_VAR) {
-        Ok(u) if !u.is_empty() => u,
+/// The test services' addresses, or `None` after a `SKIPPED` line (a panic under CI).
+fn services() -> Option<(String, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("STREAMVAULT_TEST_POSTGRES_URL"),
+        var("STREAMVAULT_TEST_S3_ENDPOINT"),
+    ) {
+        (Some(pg), Some(s3)) => Some((pg, s3)),
         _ => {
-            let msg = format!("{URL_VAR} is not set (`bash .ci/run` starts a PostgreSQL)");
+            let msg = "STREAMVAULT_TEST_POSTGRES_URL and STREAMVAULT_TEST_S3_ENDPOINT must name a \
+                       PostgreSQL and an S3-compatible server (`bash .ci/run` starts both)";
             if common::clients::under_ci() {
                 panic!("CI is set, so this is a failure: {msg}");
             }
             eprintln!("SKIPPED: {msg}");
-            return None;
+            None
         }
-    };
-    let name = format!("sv_cluster_{}", std::process::id());
-    let mut c = sqlx::PgConnection::connect(&server).await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b.to_owned(), format!("?{q}")),
-        None => (server.clone(), String::new()),
-    };
-    let base = base
-        .rsplit_once('/')
-        .map_or(base.clone(), |(b, _)| b.to_owned());
-    Some((server, format!("{base}/{name}{query}")))
+    }
 }
 
-async fn drop_database(server: &str, db_url: &str) {
-    let name = db_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
-    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut c)
-    .await;
-}
-
-struct Shared {
+/// Two nodes on a database and a bucket of their own.
+struct Cluster {
+    pg_server: String,
     db_url: String,
-    master_key: std::path::PathBuf,
-    token_key: std::path::PathBuf,
-    store: std::path::PathBuf,
+    s3: String,
+    bucket: String,
+    tmp: tempfile::TempDir,
+    nodes: Vec<Option<tokio::process::Child>>,
+    urls: Vec<String>,
 }
 
-/// Starts one node and waits for its "listening on" line.
-async fn start_node(
-    shared: &Shared,
-    node: &str,
-    port: u16,
-    data: &std::path::Path,
-) -> tokio::process::Child {
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data)
-        .args([
-            "--access-key-id",
-            TEST_KEY.0,
-            "--secret-access-key",
-            TEST_KEY.1,
-        ])
-        .env("STREAMVAULT_INDEX__BACKEND", "postgres")
-        .env("STREAMVAULT_INDEX__POSTGRES__URL", &shared.db_url)
-        .env("STREAMVAULT_KEYS__DEFAULT_KEY_ID", "shared")
-        .env("STREAMVAULT_KEYS__FILES__SHARED", &shared.master_key)
-        .env("STREAMVAULT_KEYS__SESSION_TOKEN_FILE", &shared.token_key)
-        .env("STREAMVAULT_STORE__LOCAL_PATH", &shared.store)
-        .env("STREAMVAULT_CLUSTER__NODE_ID", node)
-        .env("STREAMVAULT_CLUSTER__LEASE_TTL", "3s")
-        .env("STREAMVAULT_CLUSTER__LEASE_RENEW", "1s")
-        .env("STREAMVAULT_CLUSTER__TAKEOVER_SCAN", "500ms")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_listening(&mut child, "http").await;
-    child
+impl Cluster {
+    async fn start(test: &str, n: usize) -> Option<Self> {
+        let (pg_server, s3) = services()?;
+        let name = format!("sv_{test}_{}", std::process::id());
+        let mut c = sqlx::PgConnection::connect(&pg_server).await.unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS \"{name}\""),
+            format!("CREATE DATABASE \"{name}\""),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        let (base, query) = match pg_server.split_once('?') {
+            Some((b, q)) => (b.to_owned(), format!("?{q}")),
+            None => (pg_server.clone(), String::new()),
+        };
+        let base = base
+            .rsplit_once('/')
+            .map_or(base.clone(), |(b, _)| b.to_owned());
+        let bucket = name.replace('_', "-");
+        let r = reqwest::Client::new()
+            .put(format!("{s3}/{bucket}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating bucket {bucket}: {}",
+            r.status()
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("master.key"), "11".repeat(32)).unwrap();
+        std::fs::write(tmp.path().join("token.key"), "22".repeat(32)).unwrap();
+        let mut cluster = Self {
+            db_url: format!("{base}/{name}{query}"),
+            pg_server,
+            s3,
+            bucket,
+            tmp,
+            nodes: Vec::new(),
+            urls: Vec::new(),
+        };
+        for i in 0..n {
+            let port = free_port();
+            cluster.urls.push(format!("http://127.0.0.1:{port}"));
+            let node = cluster.start_node(i, port).await;
+            cluster.nodes.push(Some(node));
+        }
+        Some(cluster)
+    }
+
+    /// Starts node `i` and waits for its "listening on" line.
+    async fn start_node(&self, i: usize, port: u16) -> tokio::process::Child {
+        let t = self.tmp.path();
+        let mut child = tokio::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(t.join(format!("node-{i}")))
+            .args([
+                "--access-key-id",
+                TEST_KEY.0,
+                "--secret-access-key",
+                TEST_KEY.1,
+            ])
+            .env("STREAMVAULT_INDEX__BACKEND", "postgres")
+            .env("STREAMVAULT_INDEX__POSTGRES__URL", &self.db_url)
+            .env("STREAMVAULT_KEYS__DEFAULT_KEY_ID", "shared")
+            .env("STREAMVAULT_KEYS__FILES__SHARED", t.join("master.key"))
+            .env("STREAMVAULT_KEYS__SESSION_TOKEN_FILE", t.join("token.key"))
+            .env("STREAMVAULT_STORE__BACKEND", "s3")
+            .env("STREAMVAULT_STORE__S3__BUCKET", &self.bucket)
+            .env("STREAMVAULT_STORE__S3__ENDPOINT", &self.s3)
+            .env("STREAMVAULT_STORE__S3__ALLOW_HTTP", "true")
+            .env("STREAMVAULT_STORE__S3__ACCESS_KEY_ID", "test")
+            .env("STREAMVAULT_STORE__S3__SECRET_ACCESS_KEY", "test")
+            .env("STREAMVAULT_CLUSTER__NODE_ID", format!("node-{i}"))
+            .env("STREAMVAULT_CLUSTER__LEASE_TTL", "3s")
+            .env("STREAMVAULT_CLUSTER__LEASE_RENEW", "1s")
+            .env("STREAMVAULT_CLUSTER__TAKEOVER_SCAN", "500ms")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_listening(&mut child, "http").await;
+        child
+    }
+
+    fn pid(&self, i: usize) -> i32 {
+        self.nodes[i].as_ref().unwrap().id().unwrap() as i32
+    }
+
+    /// Creates the camera's stream and returns (owner, other): the node GetDataEndpoint
+    /// names for its producer (both nodes agree) and the other one.
+    async fn camera(&self) -> (usize, usize) {
+        let (s, t) = call(
+            &self.urls[0],
+            "createStream",
+            &format!(r#"{{"StreamName":"{CAM}"}}"#),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+        let owner_url = data_endpoint(&self.urls[0], "PUT_MEDIA").await;
+        assert_eq!(data_endpoint(&self.urls[1], "PUT_MEDIA").await, owner_url);
+        assert_eq!(data_endpoint(&self.urls[1], "GET_MEDIA").await, owner_url);
+        let owner = self
+            .urls
+            .iter()
+            .position(|u| *u == owner_url)
+            .expect("a node's URL");
+        let other = 1 - owner;
+        // Any node answers the archive APIs itself.
+        assert_eq!(
+            data_endpoint(&self.urls[other], "LIST_FRAGMENTS").await,
+            self.urls[other]
+        );
+        (owner, other)
+    }
+
+    /// Waits (10 s at most from `since`) until `node` answers for the camera; returns when.
+    async fn failover_to(&self, node: usize, since: std::time::Instant) -> Duration {
+        loop {
+            if data_endpoint(&self.urls[node], "PUT_MEDIA").await == self.urls[node] {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "no failover within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        for n in self.nodes.iter_mut().flatten() {
+            let _ = n.start_kill();
+            let _ = n.wait().await;
+        }
+        let name = self
+            .db_url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut c = sqlx::PgConnection::connect(&self.pg_server).await.unwrap();
+        let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await;
+    }
 }
 
 /// One signed KVS JSON call; returns the status and body.
@@ -163,7 +262,7 @@ async fn data_endpoint(endpoint: &str, api: &str) -> String {
     v["DataEndpoint"].as_str().unwrap().to_owned()
 }
 
-fn spawn_put(endpoint: &str) -> tokio::process::Child {
+fn spawn_put(endpoint: &str, extra: &[&str]) -> tokio::process::Child {
     let sample =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("media-samples/h264_720p_gop1s.mkv");
     tokio::process::Command::new(BIN)
@@ -177,6 +276,7 @@ fn spawn_put(endpoint: &str) -> tokio::process::Child {
             "--start-timestamp",
             "1795600000",
         ])
+        .args(extra)
         .arg(&sample)
         .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
         .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
@@ -229,84 +329,37 @@ async fn list_fragments(endpoint: &str) -> Vec<(Number, i64)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
-    let Some((server, db_url)) = test_database().await else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let shared = Shared {
-        db_url: db_url.clone(),
-        master_key: tmp.path().join("master.key"),
-        token_key: tmp.path().join("token.key"),
-        store: tmp.path().join("objects"),
-    };
-    std::fs::write(&shared.master_key, "11".repeat(32)).unwrap();
-    std::fs::write(&shared.token_key, "22".repeat(32)).unwrap();
-    let ports = [free_port(), free_port()];
-    let urls = ports.map(|p| format!("http://127.0.0.1:{p}"));
-    let mut nodes = vec![
-        Some(start_node(&shared, "node-0", ports[0], &tmp.path().join("d0")).await),
-        Some(start_node(&shared, "node-1", ports[1], &tmp.path().join("d1")).await),
-    ];
-    let (s, t) = call(
-        &urls[0],
-        "createStream",
-        &format!(r#"{{"StreamName":"{CAM}"}}"#),
+/// Every cluster of the 10-s sample once, in fragment-number order (so numbers increase
+/// with producer time across owners), nothing of `before` lost, and the whole stream
+/// readable through `node`.
+async fn stored_once_in_order(node: &str, before: &[(Number, i64)]) {
+    let after = list_fragments(node).await;
+    let ts: Vec<i64> = after.iter().map(|(_, t)| *t).collect();
+    assert_eq!(
+        ts,
+        (0..10)
+            .map(|i| 1_795_600_000_000 + i * 1000)
+            .collect::<Vec<_>>(),
+        "every cluster stored once, in fragment-number order: {after:?}"
+    );
+    for f in before {
+        assert!(after.contains(f), "{f:?} was lost: {after:?}");
+    }
+    let numbers: Vec<String> = after.iter().map(|(n, _)| format!("\"{}\"", n.0)).collect();
+    let (s, body) = call(
+        node,
+        "getMediaForFragmentList",
+        &format!(
+            r#"{{"StreamName":"{CAM}","Fragments":[{}]}}"#,
+            numbers.join(",")
+        ),
     )
     .await;
-    assert_eq!(s, 200, "{t}");
+    assert_eq!(s, 200);
+    assert!(body.len() > 100_000, "{} bytes", body.len());
+}
 
-    // Both nodes send the producer to the same node; any node serves the archive APIs.
-    let owner_url = data_endpoint(&urls[0], "PUT_MEDIA").await;
-    assert_eq!(data_endpoint(&urls[1], "PUT_MEDIA").await, owner_url);
-    assert_eq!(data_endpoint(&urls[1], "GET_MEDIA").await, owner_url);
-    let owner = urls
-        .iter()
-        .position(|u| *u == owner_url)
-        .expect("a node's URL");
-    let other = 1 - owner;
-    assert_eq!(
-        data_endpoint(&urls[other], "LIST_FRAGMENTS").await,
-        urls[other]
-    );
-
-    // The producer asks the non-owner (its control endpoint) and is sent to the owner.
-    let upload = spawn_put(&urls[other]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // The owner holds the stream now: a PutMedia straight to the other node is refused
-    // with a retriable error that names the owner.
-    let (s, t) = put_media_to(&urls[other]).await;
-    assert_eq!(s, 400, "{t}");
-    assert!(t.contains(&owner_url), "{t}");
-    assert_eq!(data_endpoint(&urls[other], "PUT_MEDIA").await, owner_url);
-
-    // kill -9 the owner 4.5 s into the 10 s camera.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let mut dead = nodes[owner].take().unwrap();
-    dead.start_kill().unwrap();
-    dead.wait().await.unwrap();
-    let killed = std::time::Instant::now();
-    let before = list_fragments(&urls[other]).await;
-    assert!(
-        !before.is_empty(),
-        "fragments PERSISTED by the dead owner are served by the survivor"
-    );
-
-    // Within 10 s the survivor answers for the stream.
-    loop {
-        if data_endpoint(&urls[other], "PUT_MEDIA").await == urls[other] {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "no failover within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let failover = killed.elapsed();
-    eprintln!("failover: the survivor answered for the stream {failover:?} after the kill");
-
+async fn finished(upload: tokio::process::Child) -> String {
     let out = tokio::time::timeout(Duration::from_secs(90), upload.wait_with_output())
         .await
         .expect("put finished")
@@ -317,38 +370,92 @@ async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
         log.contains("reconnecting"),
         "the upload must have been interrupted: {log}"
     );
+    log
+}
 
-    // Every cluster once, in order, numbers increasing across the two owners; nothing
-    // the dead owner acknowledged is lost.
-    let after = list_fragments(&urls[other]).await;
-    let ts: Vec<i64> = after.iter().map(|(_, t)| *t).collect();
-    assert_eq!(
-        ts,
-        (0..10)
-            .map(|i| 1_795_600_000_000 + i * 1000)
-            .collect::<Vec<_>>(),
-        "every cluster stored once, in fragment-number order: {after:?}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
+    let Some(mut cluster) = Cluster::start("kill", 2).await else {
+        return;
+    };
+    let (owner, other) = cluster.camera().await;
+    let urls = cluster.urls.clone();
+
+    // The producer asks the non-owner (its control endpoint) and is sent to the owner.
+    let upload = spawn_put(&urls[other], &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The owner holds the stream now: a PutMedia straight to the other node is refused
+    // with a retriable error that names the owner.
+    let (s, t) = put_media_to(&urls[other]).await;
+    assert_eq!(s, 400, "{t}");
+    assert!(
+        t.contains("ClientLimitExceeded") && t.contains(&urls[owner]),
+        "{t}"
     );
-    for f in &before {
-        assert!(after.contains(f), "{f:?} was lost: {after:?}");
-    }
-    // And the whole stream reads back through the survivor.
-    let numbers: Vec<String> = after.iter().map(|(n, _)| format!("\"{}\"", n.0)).collect();
-    let (s, body) = call(
-        &urls[other],
-        "getMediaForFragmentList",
-        &format!(
-            r#"{{"StreamName":"{CAM}","Fragments":[{}]}}"#,
-            numbers.join(",")
-        ),
-    )
-    .await;
-    assert_eq!(s, 200);
-    assert!(body.len() > 100_000, "{} bytes", body.len());
 
-    for n in nodes.iter_mut().flatten() {
-        n.start_kill().unwrap();
-        n.wait().await.unwrap();
-    }
-    drop_database(&server, &db_url).await;
+    // kill -9 the owner 4.5 s into the 10 s camera.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut dead = cluster.nodes[owner].take().unwrap();
+    dead.start_kill().unwrap();
+    dead.wait().await.unwrap();
+    let killed = std::time::Instant::now();
+    let before = list_fragments(&urls[other]).await;
+    assert!(
+        !before.is_empty(),
+        "fragments PERSISTED by the dead owner are served by the survivor"
+    );
+    let failover = cluster.failover_to(other, killed).await;
+    eprintln!("failover: the survivor answered for the stream {failover:?} after the kill");
+
+    finished(upload).await;
+    stored_once_in_order(&urls[other], &before).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
+    let Some(cluster) = Cluster::start("pause", 2).await else {
+        return;
+    };
+    let (owner, other) = cluster.camera().await;
+    let urls = cluster.urls.clone();
+    let upload = spawn_put(&urls[other], &["--stale-after", "2s"]);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let before = list_fragments(&urls[other]).await;
+    assert!(!before.is_empty());
+    // SAFETY: plain signals to a child process this test started.
+    assert_eq!(unsafe { libc::kill(cluster.pid(owner), libc::SIGSTOP) }, 0);
+    let paused = std::time::Instant::now();
+    let failover = cluster.failover_to(other, paused).await;
+    eprintln!("failover: the other node answered for the stream {failover:?} after the pause");
+    // Let the producer move and send more, then wake the old owner up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(unsafe { libc::kill(cluster.pid(owner), libc::SIGCONT) }, 0);
+
+    let log = finished(upload).await;
+    assert!(
+        log.contains("stale"),
+        "put noticed the silent connection: {log}"
+    );
+    stored_once_in_order(&urls[other], &before).await;
+    // The woken node knows it lost its lease, points producers to the new owner, and its
+    // late work was fenced, not committed.
+    let metrics = reqwest::get(format!("{}/metrics", urls[owner]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost = metrics
+        .lines()
+        .find(|l| l.starts_with("streamvault_cluster_leases_lost_total"))
+        .unwrap_or_else(|| panic!("no lease loss counted: {metrics}"));
+    assert!(!lost.ends_with(" 0"), "{lost}");
+    assert_eq!(data_endpoint(&urls[owner], "PUT_MEDIA").await, urls[other]);
+    let (s, t) = put_media_to(&urls[owner]).await;
+    assert_eq!(s, 400, "{t}");
+    // Nothing it did after waking changed the stream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stored_once_in_order(&urls[other], &before).await;
+    cluster.stop().await;
 }

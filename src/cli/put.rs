@@ -50,6 +50,10 @@ pub struct PutArgs {
     /// Reconnect attempts in a row before giving up.
     #[arg(long, default_value = "30")]
     retries: u32,
+    /// Reconnect when no ack arrives for this long while clusters wait for PERSISTED (a
+    /// paused or cut-off server), like the KVS C producer's connection staleness check.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    stale_after: Duration,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -432,6 +436,10 @@ async fn session(
         "RELATIVE"
     };
     let start_s = format!("{start:.3}");
+    // Moves on every ack, and when a cluster is queued while nothing waited: past it with
+    // clusters still unacknowledged, the connection is stale.
+    let mut stale_at = tokio::time::Instant::now() + a.stale_after;
+    let stale = || anyhow::anyhow!("no ack for {:?}: the connection is stale", a.stale_after);
     let ua = format!("streamvault-put/{}", env!("CARGO_PKG_VERSION"));
     let params: Vec<(&str, &str)> = vec![
         ("user-agent", ua.as_str()),
@@ -470,9 +478,9 @@ async fn session(
     body_tx.send(Ok(header.to_vec())).await.ok();
     let mut sent: u64 = 0;
     for u in pending.iter() {
-        body_tx
-            .send(Ok(u.bytes.clone()))
+        tokio::time::timeout_at(stale_at, body_tx.send(Ok(u.bytes.clone())))
             .await
+            .map_err(|_| stale())?
             .context("connection closed")?;
         sent += u.bytes.len() as u64;
     }
@@ -480,6 +488,7 @@ async fn session(
     let resp = tokio::time::timeout(Duration::from_secs(30), send)
         .await
         .context("no response within 30 s")???;
+    stale_at = tokio::time::Instant::now() + a.stale_after;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -494,9 +503,19 @@ async fn session(
             u = units.recv(), if !*input_done && body_tx.is_some() => match u {
                 Some(u) => {
                     let tx = body_tx.as_ref().expect("checked");
-                    if tx.send(Ok(u.bytes.clone())).await.is_err() {
-                        pending.push_back(u);
-                        bail!("connection closed while sending");
+                    if pending.is_empty() {
+                        stale_at = tokio::time::Instant::now() + a.stale_after;
+                    }
+                    match tokio::time::timeout_at(stale_at, tx.send(Ok(u.bytes.clone()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            pending.push_back(u);
+                            bail!("connection closed while sending");
+                        }
+                        Err(_) => {
+                            pending.push_back(u);
+                            return Err(stale());
+                        }
                     }
                     progress.bytes += u.bytes.len() as u64;
                     pending.push_back(u);
@@ -506,7 +525,9 @@ async fn session(
                     body_tx = None; // ends the request body
                 }
             },
+            _ = tokio::time::sleep_until(stale_at), if !pending.is_empty() => return Err(stale()),
             chunk = acks.next() => {
+                stale_at = tokio::time::Instant::now() + a.stale_after;
                 let Some(chunk) = chunk else {
                     return if *input_done { Ok(()) } else { Err(anyhow::anyhow!("server ended the response")) };
                 };

@@ -754,6 +754,7 @@ impl Settings {
                     | "SOAK_CYCLES"
                     | "CRASH_SEED"
                     | "TEST_POSTGRES_URL"
+                    | "TEST_S3_ENDPOINT"
             ) {
                 continue;
             }

@@ -120,11 +120,12 @@ fn index_backend_from_env_and_its_rules() {
             ("STREAMVAULT_KEYS__SESSION_TOKEN_FILE", "/etc/sv/token.key"),
             ("STREAMVAULT_ACCESS_KEY_ID", "AKIDCLUSTER"),
             ("STREAMVAULT_SECRET_ACCESS_KEY", "cluster-secret"),
-            // The test suite's server URL is no setting.
+            // The test suite's server addresses are no settings.
             (
                 "STREAMVAULT_TEST_POSTGRES_URL",
                 "postgres://x@127.0.0.1/postgres",
             ),
+            ("STREAMVAULT_TEST_S3_ENDPOINT", "http://127.0.0.1:9000"),
         ]),
     )
     .unwrap();

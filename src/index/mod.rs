@@ -34,8 +34,13 @@ pub async fn open(settings: &Settings) -> IndexResult<Arc<dyn Index>> {
         IndexBackend::Sqlite => Ok(Arc::new(sqlite::SqliteIndex::open(&settings.index_path())?)),
         IndexBackend::Postgres => {
             let pg = &settings.index.postgres;
-            let index =
-                postgres::PostgresIndex::open(postgres_url(settings)?, pg.max_connections).await?;
+            // A node paused inside a transaction (SIGSTOP, a stalled VM) would hold its
+            // commit fence's lock, and so any takeover of it, for as long as it stays
+            // paused: PostgreSQL ends such a session after one lease TTL.
+            let idle = format!("{}ms", settings.cluster.lease_ttl.as_millis().max(1));
+            let opts = postgres::connect_options(postgres_url(settings)?)?
+                .options([("idle_in_transaction_session_timeout", idle.as_str())]);
+            let index = postgres::PostgresIndex::open_with(opts, pg.max_connections).await?;
             Ok(Arc::new(index))
         }
     }

@@ -25,15 +25,19 @@ pub fn free_port() -> u16 {
 pub async fn wait_listening(child: &mut tokio::process::Child, scheme: &str) {
     let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
     loop {
         let line = tokio::time::timeout_at(deadline, lines.next_line())
             .await
-            .expect("server start")
-            .unwrap()
-            .expect("server output");
+            .unwrap_or_else(|_| panic!("server did not start within 30 s: {seen:#?}"))
+            .unwrap();
+        let Some(line) = line else {
+            panic!("server exited before listening: {seen:#?}");
+        };
         if line.contains(&format!("listening on {scheme}://")) {
             break;
         }
+        seen.push(line);
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
