@@ -84,3 +84,5 @@ pub const CLUSTER_LEASES_LOST: &str = "streamvault_cluster_leases_lost_total";
 pub const CLUSTER_TAKEOVERS: &str = "streamvault_cluster_takeovers_total";
 /// Fragments refused by the commit fence (the lease or the stream's ownership is gone).
 pub const CLUSTER_FENCED_FRAGMENTS: &str = "streamvault_cluster_fenced_fragments_total";
+/// Requests this node forwarded to the stream's owner, by `path` (`/putMedia`, `/getMedia`).
+pub const CLUSTER_FORWARDED: &str = "streamvault_cluster_forwarded_total";

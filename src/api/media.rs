@@ -9,7 +9,6 @@ use axum::routing::post;
 use serde::Deserialize;
 
 use super::AppState;
-use super::json::KvsJson;
 use crate::auth::Access;
 use crate::clock::epoch_ms_from_json_secs;
 use crate::error::{Error, ErrorKind, Result};
@@ -113,8 +112,12 @@ async fn start_of(state: &AppState, stream: &StreamRecord, sel: StartSelector) -
 async fn get_media(
     State(state): State<AppState>,
     access: Access,
-    KvsJson(i): KvsJson<GetMediaInput>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response> {
+    let raw = super::json::read_body(&state, body).await?;
+    let i: GetMediaInput = super::json::parse_json(&raw)?;
     let stream = state
         .catalog
         .resolve(
@@ -124,6 +127,22 @@ async fn get_media(
             ErrorKind::InvalidArgument,
         )
         .await?;
+    // A cluster serves the live tail where the stream is ingested: a stream another live
+    // node owns is read through that node (`docs/design/cluster.md`, Routing).
+    if let Some(m) = &state.cluster
+        && !crate::cluster::forward::is_forwarded(&headers)
+        && let Some(owner) = m.media_node_elsewhere(&stream.stream_id).await?
+    {
+        return m
+            .forward(
+                &owner,
+                axum::http::Method::POST,
+                &uri,
+                &headers,
+                axum::body::Body::from(raw),
+            )
+            .await;
+    }
     let sel = i
         .start_selector
         .ok_or_else(|| Error::invalid("StartSelector is required"))?;

@@ -5,6 +5,7 @@
 //! runs on the server's session tracker (graceful shutdown waits for it), and its end is
 //! logged once: fragments, bytes, duration, errors and why it ended.
 
+use crate::cluster::{Ownership, forward};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
@@ -152,9 +153,26 @@ async fn put_media(
             )));
         }
     };
-    // A cluster node ingests only the streams it owns (`docs/design/cluster.md`).
+    // A cluster node ingests only the streams it owns; another live owner gets the
+    // upload forwarded (`docs/design/cluster.md`, Routing).
     let lease = match &state.cluster {
-        Some(m) => Some(m.claim(&stream.stream_id).await?),
+        Some(m) => match m.claim(&stream.stream_id).await? {
+            Ownership::Mine(lease) => Some(lease),
+            Ownership::Elsewhere(owner) if !forward::is_forwarded(&headers) => {
+                return m
+                    .forward(&owner, axum::http::Method::POST, &uri, &headers, body)
+                    .await;
+            }
+            Ownership::Elsewhere(owner) => {
+                return Err(Error::new(
+                    ErrorKind::ClientLimitExceeded,
+                    format!(
+                        "this stream is ingested by node {} at {}: call GetDataEndpoint again and connect there",
+                        owner.node_id, owner.url
+                    ),
+                ));
+            }
+        },
         None => None,
     };
     let conn = state.ingest.connect_under(

@@ -485,9 +485,13 @@ async fn session(
         sent += u.bytes.len() as u64;
     }
     progress.bytes += sent;
-    let resp = tokio::time::timeout(Duration::from_secs(30), send)
-        .await
-        .context("no response within 30 s")???;
+    // A paused server accepts the connection and never answers: the same staleness rule.
+    let resp = tokio::time::timeout_at(
+        stale_at.min(tokio::time::Instant::now() + Duration::from_secs(30)),
+        send,
+    )
+    .await
+    .map_err(|_| stale())???;
     stale_at = tokio::time::Instant::now() + a.stale_after;
     if !resp.status().is_success() {
         let status = resp.status();

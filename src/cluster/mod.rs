@@ -17,6 +17,7 @@ use crate::config::ClusterSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{Fence, IndexError, IndexResult};
 
+pub mod forward;
 #[cfg(test)]
 mod tests;
 
@@ -70,6 +71,15 @@ pub trait Coordinator: Send + Sync + std::fmt::Debug {
     async fn take_over_expired(&self, fence: &Fence) -> IndexResult<Vec<String>>;
 }
 
+/// Who ingests a stream, as a PutMedia on this node finds it.
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    /// This node: ingest under this lease.
+    Mine(Lease),
+    /// Another node with a live lease: forward to it.
+    Elsewhere(NodeInfo),
+}
+
 /// The lease this node holds now.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -95,6 +105,8 @@ pub struct Membership {
     settings: ClusterSettings,
     coord: Arc<dyn Coordinator>,
     state: Mutex<State>,
+    /// Forwards requests for streams other nodes own.
+    http: reqwest::Client,
 }
 
 impl Membership {
@@ -124,6 +136,7 @@ impl Membership {
                 renewed_at: now,
                 healthy_since: now,
             }),
+            http: forward::client(),
         }))
     }
 
@@ -165,25 +178,17 @@ impl Membership {
         st.lease.is_some() && st.healthy_since.elapsed() >= self.settings.lease_ttl
     }
 
-    /// Claims `stream_id` before a PutMedia session ingests it. Answers the lease the
-    /// session runs under, or a retriable error naming the owner when another live node
-    /// owns the stream (forwarding is not built yet; the client re-resolves its
-    /// endpoint with GetDataEndpoint).
-    pub async fn claim(&self, stream_id: &str) -> Result<Lease> {
+    /// Claims `stream_id` before a PutMedia session ingests it: the lease the session
+    /// runs under, or the live node that owns the stream (the request is forwarded there).
+    pub async fn claim(&self, stream_id: &str) -> Result<Ownership> {
         let lease = self.lease().ok_or_else(not_serving)?;
         let claim = self
             .coord
             .claim_stream(&self.fence(lease.epoch), stream_id, self.may_take_over())
             .await;
         match claim {
-            Ok(Claim::Mine) => Ok(lease),
-            Ok(Claim::Elsewhere(owner)) => Err(Error::new(
-                ErrorKind::ClientLimitExceeded,
-                format!(
-                    "this stream is ingested by node {} at {}: call GetDataEndpoint again and connect there",
-                    owner.node_id, owner.url
-                ),
-            )),
+            Ok(Claim::Mine) => Ok(Ownership::Mine(lease)),
+            Ok(Claim::Elsewhere(owner)) => Ok(Ownership::Elsewhere(owner)),
             Err(IndexError::Fenced(m)) => {
                 self.lost(lease.epoch, &m);
                 Err(not_serving())
@@ -192,17 +197,34 @@ impl Membership {
         }
     }
 
-    /// GetDataEndpoint for PUT_MEDIA and GET_MEDIA: the live owner's URL; with no live
-    /// owner, the node the stream's rendezvous hash picks among the live ones (every
-    /// node picks the same one, which claims it when the producer arrives).
-    pub async fn data_endpoint(&self, stream_id: &str) -> Result<String> {
+    /// The node that ingests `stream_id`, or will: the live owner; with no live owner,
+    /// the node the stream's rendezvous hash picks among the live ones (every node picks
+    /// the same one, which claims the stream when its producer arrives). `None` when no
+    /// node holds a lease.
+    async fn ingest_node(&self, stream_id: &str) -> Result<Option<NodeInfo>> {
         if let Some(owner) = self.coord.stream_owner(stream_id).await? {
-            return Ok(owner.url);
+            return Ok(Some(owner));
         }
         let nodes = self.coord.live_nodes().await?;
-        Ok(rendezvous(stream_id, &nodes)
-            .map(|n| n.url.clone())
-            .unwrap_or_else(|| self.url.clone()))
+        Ok(rendezvous(stream_id, &nodes).cloned())
+    }
+
+    /// Where a GetMedia of `stream_id` is served: the ingesting node (see
+    /// [`Membership::data_endpoint`]) when that is another node, where the live tail is.
+    pub async fn media_node_elsewhere(&self, stream_id: &str) -> Result<Option<NodeInfo>> {
+        Ok(self
+            .ingest_node(stream_id)
+            .await?
+            .filter(|n| n.node_id != self.node_id))
+    }
+
+    /// GetDataEndpoint for PUT_MEDIA and GET_MEDIA: the URL of the node that ingests the
+    /// stream or will (this node's own when no node holds a lease).
+    pub async fn data_endpoint(&self, stream_id: &str) -> Result<String> {
+        Ok(self
+            .ingest_node(stream_id)
+            .await?
+            .map_or_else(|| self.url.clone(), |n| n.url))
     }
 
     /// Marks the lease of `epoch` lost (a renewal or a commit found it fenced): sessions
@@ -216,21 +238,36 @@ impl Membership {
         }
     }
 
-    /// Renews the lease every `cluster.lease_renew`, joins again after a loss, and takes
-    /// over expired nodes every `cluster.takeover_scan`, until `stop`.
+    /// Renews the lease every `cluster.lease_renew` (joining again after a loss) and takes
+    /// over expired nodes every `cluster.takeover_scan`, until `stop`. Two tasks: a
+    /// takeover waiting for a paused node's lock must never delay this node's renewals.
     pub fn spawn(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut renew = tokio::time::interval(self.settings.lease_renew);
-            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut scan = tokio::time::interval(self.settings.takeover_scan);
-            scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = renew.tick() => self.renew_once().await,
-                    _ = scan.tick() => self.scan_once().await,
-                }
+        let every = |period: Duration| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let (me, halt) = (self.clone(), stop.clone());
+        let mut renew = every(self.settings.lease_renew);
+        let renewals = tokio::spawn(async move {
+            while tokio::select! {
+                _ = halt.cancelled() => false,
+                _ = renew.tick() => true,
+            } {
+                me.renew_once().await;
             }
+        });
+        let mut scan = every(self.settings.takeover_scan);
+        let scans = tokio::spawn(async move {
+            while tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = scan.tick() => true,
+            } {
+                self.scan_once().await;
+            }
+        });
+        tokio::spawn(async move {
+            let _ = tokio::join!(renewals, scans);
         })
     }
 

@@ -268,6 +268,12 @@ impl Coordinator for PostgresIndex {
     async fn take_over_expired(&self, fence: &Fence) -> IndexResult<Vec<String>> {
         transaction!(self.pool, |c| {
             check_lease(c, fence).await?;
+            // A commit in flight of the expired node is waited for, not a paused one's
+            // (its session ends after idle_in_transaction_session_timeout): give up and
+            // scan again rather than hold this transaction.
+            sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .execute(&mut *c)
+                .await?;
             let expired: Vec<String> = sqlx::query_scalar(
                 "SELECT node_id FROM cluster_nodes WHERE state = 'live' AND expires_at <= now() \
                  AND node_id <> $1",

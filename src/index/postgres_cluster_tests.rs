@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::cluster::{Claim, Coordinator, Membership};
+use crate::cluster::{Claim, Coordinator, Lease, Membership, Ownership};
 use crate::config::ClusterSettings;
 use crate::index::conformance::{B, frag};
 
@@ -234,6 +234,13 @@ async fn renewals_keep_a_lease_and_a_node_id_cannot_be_shared() {
     ));
 }
 
+fn mine(o: Ownership) -> Lease {
+    match o {
+        Ownership::Mine(l) => l,
+        o => panic!("not claimed: {o:?}"),
+    }
+}
+
 fn settings(node: &str) -> ClusterSettings {
     ClusterSettings {
         node_id: Some(node.into()),
@@ -255,10 +262,12 @@ async fn a_paused_member_fences_itself_and_a_live_one_takes_its_streams() {
     let b = Membership::join(coord.clone(), &settings("node-b"), "http://b")
         .await
         .unwrap();
-    let lease_a = a.claim(A).await.unwrap();
+    let lease_a = mine(a.claim(A).await.unwrap());
     assert_eq!(a.data_endpoint(A).await.unwrap(), "http://a");
-    let e = b.claim(A).await.unwrap_err();
-    assert!(e.message.contains("http://a"), "{}", e.message);
+    match b.claim(A).await.unwrap() {
+        Ownership::Elsewhere(n) => assert_eq!(n.url, "http://a"),
+        o => panic!("claimed a live node's stream: {o:?}"),
+    }
     // B renews and scans; A's task never runs (a paused process).
     let stop = CancellationToken::new();
     let task_b = b.clone().spawn(stop.clone());
@@ -279,7 +288,7 @@ async fn a_paused_member_fences_itself_and_a_live_one_takes_its_streams() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!lease_a.token.is_cancelled(), "A has not noticed yet");
-    let lease_b = b.claim(A).await.unwrap();
+    let lease_b = mine(b.claim(A).await.unwrap());
     assert_eq!(b.data_endpoint(A).await.unwrap(), "http://b");
     // A continues: its first renewal finds the lease gone, ends its sessions and joins
     // again under a new epoch; the stream stays with B.
@@ -296,7 +305,10 @@ async fn a_paused_member_fences_itself_and_a_live_one_takes_its_streams() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(again.epoch > lease_a.epoch);
-    assert!(a.claim(A).await.is_err(), "B's live stream moved back to A");
+    assert!(
+        matches!(a.claim(A).await.unwrap(), Ownership::Elsewhere(_)),
+        "B's live stream moved back to A"
+    );
     assert!(!lease_b.token.is_cancelled());
     stop.cancel();
     let _ = tokio::join!(task_a, task_b);
