@@ -368,7 +368,7 @@ async fn sigterm_during_upload(drain: &str, complete: bool) {
     assert!(exit_status(&mut child, &log2).await.success());
 
     // Every fragment RECEIVED before the signal is stored exactly once.
-    let dir = DataDir::open(&data);
+    let dir = DataDir::open(&data).await;
     for (i, r) in results.iter().enumerate() {
         let stored = dir.fragments(&format!("cam-{i}")).await;
         let mut count: BTreeMap<i64, usize> = BTreeMap::new();

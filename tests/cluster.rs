@@ -60,39 +60,14 @@ impl Cluster {
     async fn start(test: &str, n: usize) -> Option<Self> {
         let (pg_server, s3) = services()?;
         let name = format!("sv_{test}_{}", std::process::id());
-        let mut c = sqlx::PgConnection::connect(&pg_server).await.unwrap();
-        for sql in [
-            format!("DROP DATABASE IF EXISTS \"{name}\""),
-            format!("CREATE DATABASE \"{name}\""),
-        ] {
-            sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut c)
-                .await
-                .unwrap();
-        }
-        let (base, query) = match pg_server.split_once('?') {
-            Some((b, q)) => (b.to_owned(), format!("?{q}")),
-            None => (pg_server.clone(), String::new()),
-        };
-        let base = base
-            .rsplit_once('/')
-            .map_or(base.clone(), |(b, _)| b.to_owned());
+        let db_url = common::test_database(&pg_server, &name, true).await;
         let bucket = name.replace('_', "-");
-        let r = reqwest::Client::new()
-            .put(format!("{s3}/{bucket}"))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "creating bucket {bucket}: {}",
-            r.status()
-        );
+        common::test_bucket(&s3, &bucket).await;
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("master.key"), "11".repeat(32)).unwrap();
         std::fs::write(tmp.path().join("token.key"), "22".repeat(32)).unwrap();
         let mut cluster = Self {
-            db_url: format!("{base}/{name}{query}"),
+            db_url,
             pg_server,
             s3,
             bucket,

@@ -27,7 +27,6 @@ use aws_sdk_kinesisvideoarchivedmedia::types::{
 };
 use aws_smithy_types::DateTime;
 use common::*;
-use streamvault::index::Index;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STREAMS: &[&str] = &["crash-a", "crash-b", "crash-c"];
@@ -396,7 +395,7 @@ async fn verify(
     clusters: &[(u64, Vec<u8>)],
 ) -> u64 {
     let acked = observed.lock().unwrap().persisted.clone();
-    let dd = DataDir::open(dir);
+    let dd = DataDir::open(dir).await;
     let mut checked = 0;
     for (stream, frags) in &acked {
         let listed = list_all(addr, stream).await;

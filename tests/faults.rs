@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use streamvault::clock::ManualClock;
-use streamvault::index::Index;
 use streamvault::store::faults::{FaultyStore, Op, PutFault};
 
 async fn create(srv: &TestServer, name: &str, retention: i32) {
@@ -123,7 +122,7 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
         "the upload goes on after the failure"
     );
 
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let sid = stream_id(&dd, "f").await;
     let rows = dd.fragments("f").await;
     assert_eq!(rows.len(), 9);
@@ -150,7 +149,7 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
     assert_eq!(numbers(&r, "PERSISTED").len(), 8);
     assert_eq!(dd.fragments("f").await.len(), 17);
     assert_eq!(dd.store.list_segments().await.unwrap().len(), 19);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -171,7 +170,7 @@ async fn failed_puts_are_error_5001_with_no_row_and_recovery_removes_their_resid
     create(&srv, "after-restart", 24).await; // the server serves while recovery runs
     h.sweep().await; // the first sweep pass comes after recovery
     assert_eq!(dd.store.list_segments().await.unwrap().len(), 17);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -214,7 +213,7 @@ async fn slow_store_slows_acks_but_loses_nothing() {
         );
     }
     assert!(took >= LATENCY * 10, "{took:?}");
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let stored = dd.fragments("slow").await;
     let want = clusters_of(&src);
     assert_eq!(stored.len(), 10);
@@ -250,7 +249,7 @@ async fn failed_deletes_leave_garbage_rows_that_a_restart_completes() {
     create(&srv, "g", 1).await;
     let src = sample("h264_720p_gop1s.mkv");
     upload(&srv, "g", &src, "1795600000").await;
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let sid = stream_id(&dd, "g").await;
     assert_eq!(dd.fragments("g").await.len(), 10);
 
@@ -264,7 +263,7 @@ async fn failed_deletes_leave_garbage_rows_that_a_restart_completes() {
     // Ten one-batch segments, each left without rows: ten garbage rows (I9).
     assert_eq!(dd.store.list_segments().await.unwrap().len(), 10);
     assert_eq!(dd.index.list_garbage(100).await.unwrap().len(), 10);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -312,7 +311,7 @@ async fn check_reports_every_inconsistency_with_an_exit_code() {
     assert!(out.contains("checked 10 fragments (10 decrypted)"), "{out}");
     srv.stop().await.unwrap();
 
-    let dd = DataDir::open(&dir);
+    let dd = DataDir::open(&dir).await;
     let rows = dd.fragments("c").await;
     let s = dd
         .index
@@ -480,7 +479,7 @@ async fn segment_write_faults_fail_their_batch_and_torn_tails_are_cut_at_start()
     assert_eq!(numbers(&r, "PERSISTED"), buffering[4..]);
     assert_eq!(faults.injected(), 4);
 
-    let dd = DataDir::open(&dir);
+    let dd = DataDir::open(&dir).await;
     let stored = dd.fragments("s").await;
     assert_eq!(stored.len(), 6, "no row for a failed batch");
     for (row, bytes) in &stored {
@@ -592,5 +591,5 @@ async fn one_stream_shares_batches_and_acks_stay_in_fragment_order() {
 }
 
 async fn dd_rows(dir: &std::path::Path, stream: &str) -> usize {
-    DataDir::open(dir).fragments(stream).await.len()
+    DataDir::open(dir).await.fragments(stream).await.len()
 }

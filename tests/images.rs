@@ -747,14 +747,13 @@ async fn image_generation_writes_tagged_fragments_to_the_sink() {
     // The object-store sink: images under the prefix and the stream id, sealed with the
     // stream's data key like fragments.
     let tmpdir = srv.stop_keep_dir().await;
-    let dd = DataDir::open(&data);
-    let s = streamvault::index::Index::get_stream(
-        &dd.index,
-        &streamvault::model::StreamName::parse("gen2").unwrap(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let dd = DataDir::open(&data).await;
+    let s = dd
+        .index
+        .get_stream(&streamvault::model::StreamName::parse("gen2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     let dek = dd
         .store
         .keyring()
@@ -763,11 +762,12 @@ async fn image_generation_writes_tagged_fragments_to_the_sink() {
     let file = format!("{}.png", T0 + 5500);
     let png = dd.store.get_image(&dek, "kvs", &file).await.unwrap();
     assert_eq!(rgb_of(&png).0, 320);
-    let at_rest = std::fs::read(
-        data.join("objects")
-            .join(format!("kvs/{}/{file}.sv", s.stream_id)),
-    )
-    .unwrap();
+    // What the store holds (local disk, or the bucket under the cluster configuration).
+    let at_rest = dd
+        .store
+        .get_raw(&format!("kvs/{}/{file}.sv", s.stream_id).into())
+        .await
+        .unwrap();
     assert_ne!(at_rest, png.to_vec());
     assert!(
         !at_rest.windows(4).any(|w| w == b"\x89PNG"),

@@ -16,7 +16,6 @@ use aws_sdk_kinesisvideomedia::types::{StartSelector, StartSelectorType};
 use aws_smithy_types::DateTime;
 use common::*;
 use streamvault::clock::ManualClock;
-use streamvault::index::Index;
 
 const H: i64 = 3_600_000;
 /// Simulated start: 2026-11-25.
@@ -191,7 +190,7 @@ async fn retention_24h_keeps_24h_and_drops_the_rest_hidden_at_once() {
     assert_eq!((kept.len(), expired.len()), (24, 24));
 
     // Before any deletion: all 48 rows and objects are still there...
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let sid = stream_id(&dd, "ret").await;
     assert_eq!(dd.fragments("ret").await.len(), 48);
     // One segment per simulated hour: the open one closes at `store.segment_max_age`.
@@ -269,7 +268,7 @@ async fn retention_24h_keeps_24h_and_drops_the_rest_hidden_at_once() {
     assert!(left.iter().all(|(r, _)| r.server_ts_ms >= T0 + 24 * H));
     dd.wait_segments(24).await;
     assert!(dd.index.list_garbage(10).await.unwrap().is_empty());
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -356,7 +355,7 @@ async fn decrease_48_to_24_drops_at_once() {
         kept
     );
     // And the data goes without waiting for the hourly pass: DECREASE triggered one.
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let sid = stream_id(&dd, "dec").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -407,7 +406,7 @@ async fn size_cap_drops_oldest_first_but_never_young_fragments() {
     // Now is one minute after the last: the last three are younger than 10 min.
     clock.set_ms(T0 + 5 * H + 4 * 60_000);
     tasks.retention_pass().await;
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let left: Vec<u64> = dd
         .fragments("cap")
         .await
@@ -488,7 +487,7 @@ async fn delete_stream_unreadable_at_once_swept_after_and_recreated_sees_nothing
     let r = upload(&srv, "del", &src, 1_795_600_000_000).await;
     let old = numbers(&r, "PERSISTED");
     assert_eq!(old.len(), 10);
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let old_id = stream_id(&dd, "del").await;
     assert_eq!(dd.segment_count().await, 1, "one upload, one open segment");
 
@@ -643,7 +642,7 @@ async fn same_sample_twice_is_stored_once_with_the_same_persisted_numbers() {
     };
     assert_eq!(tc(&second, "PERSISTED"), tc(&second, "BUFFERING"));
 
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let stored = dd.fragments("dup").await;
     assert_eq!(stored.len(), 10, "each fragment stored once");
     let sid = stream_id(&dd, "dup").await;
@@ -670,7 +669,7 @@ async fn same_sample_twice_is_stored_once_with_the_same_persisted_numbers() {
     assert_eq!(p3, numbers(&third, "BUFFERING"));
     assert!(!p1.contains(&p3[0]));
     assert_eq!(dd.fragments("dup").await.len(), 11);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -694,7 +693,14 @@ async fn same_sample_twice_is_stored_once_with_the_same_persisted_numbers() {
     let a = upload(&srv, "nodup", &body, start).await;
     let b = upload(&srv, "nodup", &body, start).await;
     assert_ne!(numbers(&a, "PERSISTED"), numbers(&b, "PERSISTED"));
-    assert_eq!(DataDir::open(tmp2.path()).fragments("nodup").await.len(), 4);
+    assert_eq!(
+        DataDir::open(tmp2.path())
+            .await
+            .fragments("nodup")
+            .await
+            .len(),
+        4
+    );
     srv.stop().await.unwrap();
 }
 
@@ -727,7 +733,7 @@ async fn segment_bytes_of_deleted_and_expired_data_leave_the_disk_within_the_bou
     upload(&srv, "gone", &src, T0).await;
     upload(&srv, "short", &src, T0).await;
     upload(&srv, "long", &src, T0).await;
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let key_of = |rows: &Vec<(streamvault::index::FragmentRecord, bytes::Bytes)>| {
         let keys: std::collections::BTreeSet<String> =
             rows.iter().map(|(r, _)| r.object_key.clone()).collect();
@@ -783,7 +789,7 @@ async fn segment_bytes_of_deleted_and_expired_data_leave_the_disk_within_the_bou
     }
     assert!(path(&long).exists(), "long retention keeps its own segment");
     assert_eq!(dd.fragments("long").await.len(), 10);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);

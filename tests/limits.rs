@@ -481,7 +481,7 @@ async fn offered_more_than_the_disk_persists_memory_stays_in_the_budget() {
         "the budget went {over} bytes past its {BUDGET_BYTES}-byte limit"
     );
     // Everything offered is stored, once.
-    let dd = DataDir::open(tmp.path());
+    let dd = DataDir::open(tmp.path()).await;
     let mut stored = 0;
     for c in 0..CAMERAS {
         stored += dd.fragments(&format!("cam{c}")).await.len();

@@ -35,7 +35,7 @@ async fn assert_refragmented(srv: &TestServer, stream: &str, src: &[u8]) {
     let video = video_tracks(src);
     let want = frames_of(src);
     let keyframes = want.iter().filter(|f| video.contains(&f.0) && f.2).count();
-    let stored = DataDir::open(&srv.data_dir).fragments(stream).await;
+    let stored = DataDir::open(&srv.data_dir).await.fragments(stream).await;
     assert_eq!(
         stored.len(),
         keyframes,
@@ -174,7 +174,7 @@ async fn ffmpeg_live_camera_one_cluster_per_gop() {
         assert_eq!(order, ["BUFFERING", "RECEIVED", "PERSISTED"]);
     }
     // The index matches what ffmpeg sent: count, producer timestamps, durations, bytes.
-    let stored = DataDir::open(&srv.data_dir).fragments("cam1").await;
+    let stored = DataDir::open(&srv.data_dir).await.fragments("cam1").await;
     assert_eq!(stored.len(), clusters.len());
     for (i, ((row, bytes), (tc, cluster))) in stored.iter().zip(&clusters).enumerate() {
         assert_eq!(
@@ -276,7 +276,7 @@ async fn ffmpeg_http_post_with_default_clusters() {
     // continues server-side.
     let src = std::fs::read(&src_path).unwrap();
     let keyframes = frames_of(&src).iter().filter(|f| f.2).count();
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     for _ in 0..100 {
         if dd.fragments("ffpost").await.len() == keyframes {
             break;
@@ -351,7 +351,7 @@ async fn gstreamer_piped_into_curl() {
     assert!(count("BUFFERING") >= 4, "{acks:?}");
     assert_eq!(count("PERSISTED"), count("BUFFERING"), "{acks:?}");
     assert_eq!(count("ERROR"), 0, "{acks:?}");
-    let stored = DataDir::open(&srv.data_dir).fragments("gst").await;
+    let stored = DataDir::open(&srv.data_dir).await.fragments("gst").await;
     assert_eq!(stored.len(), count("PERSISTED"));
     for (row, bytes) in &stored {
         assert!(

@@ -172,7 +172,7 @@ async fn finish(put: tokio::process::Child, mut server: tokio::process::Child) -
 /// The 10 clusters of the sample are stored once each, in order, and `check --deep`
 /// finds the data dir clean.
 async fn stored_once(data: &std::path::Path, stream: &str) {
-    let dd = DataDir::open(data);
+    let dd = DataDir::open(data).await;
     let ts: Vec<i64> = dd
         .fragments(stream)
         .await
@@ -186,7 +186,7 @@ async fn stored_once(data: &std::path::Path, stream: &str) {
             .collect::<Vec<_>>(),
         "every cluster stored once, in order"
     );
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);

@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use streamvault::index::Index;
 
 async fn create(srv: &TestServer, name: &str, retention: i32) {
     srv.control()
@@ -81,7 +80,7 @@ async fn kvs_producer_sdk_stream_all_persisted() {
     assert_ack_lifecycle(&r, 37);
     assert!(r.error_ids().is_empty(), "{:?}", r.error_ids());
 
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     let stored = dd.fragments("sdk").await;
     let clusters = clusters_of(&src);
     assert_eq!(stored.len(), 37);
@@ -105,7 +104,7 @@ async fn kvs_producer_sdk_stream_all_persisted() {
         metadata += row.metadata.len();
     }
     assert_eq!(metadata, 27, "custom fragment metadata stored");
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -138,7 +137,7 @@ async fn kvs_c_producer_end_of_fragment_gets_persisted_before_body_ends() {
     });
     tx.send(src.clone()).await.unwrap();
     // Wait until the index holds all 7 fragments, without ending the body.
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     let mut n = 0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,7 +234,7 @@ async fn the_newest_putmedia_connection_wins() {
         .send(clusters[2][..clusters[2].len() / 2].to_vec())
         .await
         .unwrap();
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     for _ in 0..100 {
         if dd.fragments("cam").await.len() == 2 {
             break;
@@ -292,7 +291,7 @@ async fn the_newest_putmedia_connection_wins() {
     drop(other_tx);
     let other = other.await.unwrap();
     assert_ack_lifecycle(&other, 2);
-    let report = streamvault::check::check(&dd.index, &dd.store, true)
+    let report = streamvault::check::check(dd.index.as_ref(), &dd.store, true)
         .await
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -435,7 +434,7 @@ async fn bad_inputs_get_error_acks_and_harm_nothing_else() {
             );
         }
         // Whatever was PERSISTED reads back.
-        let dd = DataDir::open(&srv.data_dir);
+        let dd = DataDir::open(&srv.data_dir).await;
         for (row, bytes) in dd.fragments(&name).await {
             assert!(
                 !frames_of(&bytes).is_empty(),
@@ -476,7 +475,7 @@ async fn retention_zero_never_persists() {
     assert_eq!(r.events("BUFFERING").len(), 7);
     assert_eq!(r.events("RECEIVED").len(), 7);
     assert!(r.events("PERSISTED").is_empty());
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     assert!(dd.fragments("live-only").await.is_empty());
     assert!(
         dd.store.list(None).await.unwrap().is_empty()

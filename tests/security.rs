@@ -102,7 +102,7 @@ async fn kvs_c_producer_signature_is_accepted_and_any_change_rejected() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(text.matches("\"PERSISTED\"").count(), 7, "{text}");
     // The acks arrive; the fragments are stored.
-    let dd = DataDir::open(&srv.data_dir);
+    let dd = DataDir::open(&srv.data_dir).await;
     let mut n = 0;
     for _ in 0..100 {
         n = dd.fragments("cprod").await.len();

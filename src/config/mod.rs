@@ -755,6 +755,7 @@ impl Settings {
                     | "CRASH_SEED"
                     | "TEST_POSTGRES_URL"
                     | "TEST_S3_ENDPOINT"
+                    | "TEST_CLUSTER"
             ) {
                 continue;
             }

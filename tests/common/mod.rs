@@ -101,8 +101,7 @@ impl TestServer {
 
     /// Starts a server on `data_dir`, letting the test adjust settings.
     pub async fn start_in(data_dir: PathBuf, tweak: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings::default();
-        settings.data_dir = data_dir.clone();
+        let mut settings = settings_for(&data_dir).await;
         settings.listen = "127.0.0.1:0".parse().unwrap();
         settings.access_key_id = Some(TEST_KEY.0.to_owned());
         settings.secret_access_key = Some(streamvault::config::Secret(TEST_KEY.1.to_owned()));
@@ -127,8 +126,7 @@ impl TestServer {
     /// Starts a server with default settings on a fresh data dir and an injected clock.
     pub async fn start_with_clock(clock: streamvault::clock::SharedClock) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.data_dir = tmp.path().to_owned();
+        let mut settings = settings_for(tmp.path()).await;
         settings.listen = "127.0.0.1:0".parse().unwrap();
         // Auth stays on: the tests that use this move the clock by minutes, well inside
         // the SigV4 skew window.
@@ -355,32 +353,29 @@ pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
     h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-/// Read access to a (running or stopped) server's data dir.
+/// Read access to a (running or stopped) server's data dir (and, under the cluster
+/// configuration, its database and bucket).
 pub struct DataDir {
-    pub index: streamvault::index::sqlite::SqliteIndex,
+    pub index: std::sync::Arc<dyn streamvault::index::Index>,
     pub store: streamvault::store::FragmentStore,
 }
 
 impl DataDir {
-    pub fn open(dir: &std::path::Path) -> Self {
+    pub async fn open(dir: &std::path::Path) -> Self {
         use std::sync::Arc;
-        let settings = Settings {
-            data_dir: dir.to_owned(),
-            ..Settings::default()
-        };
+        let settings = settings_for(dir).await;
         let key = dir
             .join("keys")
             .join(format!("{}.key", settings.keys.default_key_id));
         let (ring, _) = streamvault::store::Keyring::load(
             &settings.keys.default_key_id,
             &key,
-            &Default::default(),
+            &settings.keys.files,
         )
         .unwrap();
         let objects = streamvault::store::object_store_from_settings(&settings).unwrap();
         Self {
-            index: streamvault::index::sqlite::SqliteIndex::open_read_only(&settings.index_path())
-                .unwrap(),
+            index: streamvault::index::open_read_only(&settings).await.unwrap(),
             store: streamvault::store::FragmentStore::new(objects, Arc::new(ring)),
         }
     }
@@ -413,7 +408,6 @@ impl DataDir {
         &self,
         stream: &str,
     ) -> Vec<(streamvault::index::FragmentRecord, bytes::Bytes)> {
-        use streamvault::index::Index;
         let name = streamvault::model::StreamName::parse(stream).unwrap();
         let s = self
             .index
@@ -438,6 +432,112 @@ impl DataDir {
         }
         out
     }
+}
+
+/// `STREAMVAULT_TEST_CLUSTER` set: every [`TestServer`] (and [`DataDir`]) runs as a cluster
+/// node on PostgreSQL (`STREAMVAULT_TEST_POSTGRES_URL`) and the S3-compatible server
+/// (`STREAMVAULT_TEST_S3_ENDPOINT`), with a database, a bucket and shared key files of its
+/// data dir's own (the same dir gets the same ones back, so restart tests work). `.ci/run`
+/// runs the end-to-end suites a second time this way.
+pub fn cluster_config() -> Option<(String, String)> {
+    std::env::var_os("STREAMVAULT_TEST_CLUSTER").filter(|v| !v.is_empty())?;
+    let var = |n: &str| {
+        std::env::var(n)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| panic!("STREAMVAULT_TEST_CLUSTER is set but {n} is not"))
+    };
+    Some((
+        var("STREAMVAULT_TEST_POSTGRES_URL"),
+        var("STREAMVAULT_TEST_S3_ENDPOINT"),
+    ))
+}
+
+/// Creates database `name` on the PostgreSQL server at `server` (dropping an earlier one
+/// first when `fresh`, else keeping one that exists) and returns its URL.
+pub async fn test_database(server: &str, name: &str, fresh: bool) -> String {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(server).await.unwrap();
+    if fresh {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut c)
+        .await
+        .unwrap();
+    if exists.is_none() {
+        let create = format!("CREATE DATABASE \"{name}\"");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let _ = c.close().await;
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (server.to_owned(), String::new()),
+    };
+    let base = base
+        .rsplit_once('/')
+        .map_or(base.clone(), |(b, _)| b.to_owned());
+    format!("{base}/{name}{query}")
+}
+
+/// Creates `bucket` on the S3-compatible server at `endpoint` (one that exists is fine).
+pub async fn test_bucket(endpoint: &str, bucket: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status() == 409,
+        "creating bucket {bucket}: {}",
+        r.status()
+    );
+}
+
+/// Default settings for a test server on `dir`: the embedded defaults, or under
+/// [`cluster_config`] a cluster node's.
+pub async fn settings_for(dir: &std::path::Path) -> Settings {
+    use streamvault::config::{IndexBackend, Secret, StoreBackend};
+    let mut s = Settings {
+        data_dir: dir.to_owned(),
+        ..Settings::default()
+    };
+    let Some((pg, s3)) = cluster_config() else {
+        return s;
+    };
+    let tag = blake3::hash(dir.as_os_str().as_encoded_bytes()).to_hex()[..16].to_string();
+    let db_url = test_database(&pg, &format!("svc_{tag}"), false).await;
+    let bucket = format!("svc-{tag}");
+    test_bucket(&s3, &bucket).await;
+    let keys = dir.join("cluster-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for (f, byte) in [("master.key", "3c"), ("token.key", "5a")] {
+        if !keys.join(f).exists() {
+            std::fs::write(keys.join(f), byte.repeat(32)).unwrap();
+        }
+    }
+    s.index.backend = IndexBackend::Postgres;
+    s.index.postgres.url = Some(Secret(db_url));
+    s.store.backend = StoreBackend::S3;
+    s.store.s3.bucket = bucket;
+    s.store.s3.endpoint = Some(s3);
+    s.store.s3.allow_http = true;
+    s.store.s3.access_key_id = Some("test".into());
+    s.store.s3.secret_access_key = Some("test".into());
+    s.keys
+        .files
+        .insert(s.keys.default_key_id.clone(), keys.join("master.key"));
+    s.keys.session_token_file = Some(keys.join("token.key"));
+    s.cluster.node_id = Some(format!("node-{tag}"));
+    s
 }
 
 pub fn shared_media(rel: &str) -> Option<Vec<u8>> {
@@ -778,8 +878,7 @@ impl TestServer {
         tweak: impl FnOnce(&mut Settings),
         build: impl FnOnce(streamvault::server::ServerBuilder) -> streamvault::server::ServerBuilder,
     ) -> (Self, Handles) {
-        let mut settings = Settings::default();
-        settings.data_dir = data_dir.clone();
+        let mut settings = settings_for(&data_dir).await;
         settings.listen = "127.0.0.1:0".parse().unwrap();
         // Servers built with injected components run on simulated clocks hours away from
         // real time, which the SigV4 skew check rightly refuses; these tests are about
