@@ -115,6 +115,8 @@ pub struct Sweeper {
     /// Root directory of the local backend, whose crash-interrupted staged writes
     /// (`<key>#<n>`, invisible to listings) [`Sweeper::recover`] removes.
     pub local_root: Option<PathBuf>,
+    /// Cluster nodes: sweeps run only on the node holding the `gc` singleton.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Membership>>,
 }
 
 impl Sweeper {
@@ -255,6 +257,15 @@ impl Sweeper {
         Ok(report)
     }
 
+    /// Whether this node runs the sweeps (always, unless another cluster node holds the
+    /// `gc` singleton).
+    async fn singleton(&self, interval: Duration) -> bool {
+        match &self.cluster {
+            Some(m) => m.singleton("gc", 2 * interval).await,
+            None => true,
+        }
+    }
+
     /// Runs until `stop` fires: startup recovery first when `recover_first` holds the
     /// server's start time (a trigger's `run_now` issued meanwhile completes only after
     /// it), a garbage sweep, then a sweep every `interval` or when triggered.
@@ -265,7 +276,9 @@ impl Sweeper {
         trigger: Trigger,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        if let Some(started_ms) = recover_first {
+        if let Some(started_ms) = recover_first
+            && self.singleton(interval).await
+        {
             let t0 = std::time::Instant::now();
             match self.recover(started_ms).await {
                 Ok(r) if r.orphans_deleted + r.staging_files_deleted > 0 => tracing::info!(
@@ -283,7 +296,12 @@ impl Sweeper {
         }
         loop {
             let n = trigger.begin();
-            match self.sweep_garbage().await {
+            let sweep = if self.singleton(interval).await {
+                self.sweep_garbage().await
+            } else {
+                Ok(SweepReport::default())
+            };
+            match sweep {
                 Ok(r) if r.garbage_rows_done > 0 => {
                     tracing::info!(
                         rows = r.garbage_rows_done,
@@ -514,6 +532,7 @@ mod tests {
             ),
             orphan_min_age: Duration::ZERO,
             local_root: None,
+            cluster: None,
         };
         // A page of 2 rows makes the merge cross page boundaries.
         assert_eq!(sweeper.sweep_orphans_paged(started, 2).await.unwrap(), 7);

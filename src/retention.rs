@@ -48,6 +48,8 @@ pub struct Retention {
     pub store: FragmentStore,
     pub clock: SharedClock,
     pub settings: RetentionSettings,
+    /// Cluster nodes: passes run only on the node holding the `retention` singleton.
+    pub cluster: Option<Arc<crate::cluster::Membership>>,
 }
 
 impl Retention {
@@ -124,7 +126,15 @@ impl Retention {
         let interval: Duration = self.settings.interval;
         loop {
             let n = trigger.begin();
-            match self.pass().await {
+            let mine = match &self.cluster {
+                Some(m) => m.singleton("retention", 2 * interval).await,
+                None => true,
+            };
+            match if mine {
+                self.pass().await
+            } else {
+                Ok(RetentionReport::default())
+            } {
                 Ok(r) if r.expired + r.trimmed > 0 => tracing::info!(
                     expired = r.expired,
                     trimmed = r.trimmed,

@@ -269,6 +269,7 @@ impl Server {
             store: self.catalog.store().clone(),
             orphan_min_age: self.settings.gc.orphan_min_age,
             local_root: self.local_root.clone(),
+            cluster: cluster.clone(),
         };
         // Recovery runs in the background, so a large store does not delay start-up; it
         // only touches objects from before this moment (see `Sweeper::recover`).
@@ -284,6 +285,7 @@ impl Server {
             store: self.catalog.store().clone(),
             clock: self.clock.clone(),
             settings: self.settings.retention.clone(),
+            cluster: cluster.clone(),
         };
         let retention_task =
             tokio::spawn(retention.run(self.catalog.retention_trigger().clone(), stop.clone()));

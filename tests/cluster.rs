@@ -124,6 +124,24 @@ impl Cluster {
         child
     }
 
+    /// SIGTERM node `i` (it drains and leaves the cluster), waits for it to exit, and
+    /// starts it again on the same address and data dir.
+    async fn restart(&mut self, i: usize) {
+        let mut child = self.nodes[i].take().unwrap();
+        // SAFETY: a plain signal to a child process this test started.
+        assert_eq!(
+            unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) },
+            0
+        );
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("node drained and exited within 30 s")
+            .unwrap();
+        assert!(status.success(), "node {i} exited with {status}");
+        let port: u16 = self.urls[i].rsplit(':').next().unwrap().parse().unwrap();
+        self.nodes[i] = Some(self.start_node(i, port).await);
+    }
+
     fn pid(&self, i: usize) -> i32 {
         self.nodes[i].as_ref().unwrap().id().unwrap() as i32
     }
@@ -241,11 +259,20 @@ async fn put_as(
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+async fn data_endpoint_of(endpoint: &str, stream: &str) -> String {
+    endpoint_for(endpoint, stream, "PUT_MEDIA").await
+}
+
 async fn data_endpoint(endpoint: &str, api: &str) -> String {
+    endpoint_for(endpoint, CAM, api).await
+}
+
+/// GetDataEndpoint of `stream` for `api`, asked at `endpoint`.
+async fn endpoint_for(endpoint: &str, stream: &str, api: &str) -> String {
     let (s, t) = call(
         endpoint,
         "getDataEndpoint",
-        &format!(r#"{{"StreamName":"{CAM}","APIName":"{api}"}}"#),
+        &format!(r#"{{"StreamName":"{stream}","APIName":"{api}"}}"#),
     )
     .await;
     assert_eq!(s, 200, "{t}");
@@ -256,19 +283,30 @@ async fn data_endpoint(endpoint: &str, api: &str) -> String {
 fn spawn_put(endpoint: &str, extra: &[&str]) -> tokio::process::Child {
     let sample =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("media-samples/h264_720p_gop1s.mkv");
+    put_camera(endpoint, CAM, &sample, extra)
+}
+
+/// `streamvault put --realtime` of `sample` to `stream`, resolving its data endpoint at
+/// `endpoint`.
+fn put_camera(
+    endpoint: &str,
+    stream: &str,
+    sample: &std::path::Path,
+    extra: &[&str],
+) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args([
             "put",
             "--endpoint",
             endpoint,
             "--stream",
-            CAM,
+            stream,
             "--realtime",
             "--start-timestamp",
             "1795600000",
         ])
         .args(extra)
-        .arg(&sample)
+        .arg(sample)
         .env("AWS_ACCESS_KEY_ID", TEST_KEY.0)
         .env("AWS_SECRET_ACCESS_KEY", TEST_KEY.1)
         .stderr(Stdio::piped())
@@ -296,11 +334,16 @@ impl PartialOrd for Number {
 /// (fragment number, producer timestamp) of every fragment ListFragments shows, in
 /// fragment-number order.
 async fn list_fragments(endpoint: &str) -> Vec<(Number, i64)> {
+    fragments_of(endpoint, CAM).await
+}
+
+/// [`list_fragments`] of any stream.
+async fn fragments_of(endpoint: &str, stream: &str) -> Vec<(Number, i64)> {
     let (s, t) = call(
         endpoint,
         "listFragments",
         &format!(
-            r#"{{"StreamName":"{CAM}","MaxResults":1000,"FragmentSelector":{{"FragmentSelectorType":"PRODUCER_TIMESTAMP","TimestampRange":{{"StartTimestamp":1795599000,"EndTimestamp":1795601000}}}}}}"#
+            r#"{{"StreamName":"{stream}","MaxResults":1000,"FragmentSelector":{{"FragmentSelectorType":"PRODUCER_TIMESTAMP","TimestampRange":{{"StartTimestamp":1795599000,"EndTimestamp":1795601000}}}}}}"#
         ),
     )
     .await;
@@ -570,5 +613,121 @@ async fn a_node_that_does_not_own_the_stream_forwards_uploads_and_live_reads() {
         lags.len()
     );
     assert!(max < 1000.0, "the forwarded tail lags by {max:.0} ms");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_nodes_under_100_cameras_loses_nothing() {
+    const CAMERAS: usize = 100;
+    if !common::have_tool("ffmpeg") {
+        return;
+    }
+    let Some(mut cluster) = Cluster::start("rolling", 3).await else {
+        return;
+    };
+    // A field-like camera: H.264 High with B-frames, 1-s GOP, 30 s, made here.
+    let sample = cluster.tmp.path().join("cam30.mkv");
+    let ok = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=size=320x240:rate=15")
+        .args([
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-profile:v",
+            "high",
+        ])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-bf",
+            "2",
+            "-g",
+            "15",
+            "-keyint_min",
+            "15",
+        ])
+        .args([
+            "-sc_threshold",
+            "0",
+            "-b:v",
+            "200k",
+            "-threads",
+            "1",
+            "-f",
+            "matroska",
+        ])
+        .args(["-live", "1", "-cluster_time_limit", "10000"])
+        .arg(&sample)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let urls = cluster.urls.clone();
+    let names: Vec<String> = (0..CAMERAS).map(|i| format!("fleet-{i:03}")).collect();
+    for n in &names {
+        let (s, t) = call(
+            &urls[0],
+            "createStream",
+            &format!(r#"{{"StreamName":"{n}"}}"#),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+    }
+    // Each camera asks one of the nodes for its data endpoint, as a fleet behind a
+    // load balancer would.
+    let uploads: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| put_camera(&urls[i % 3], n, &sample, &["--stale-after", "5s"]))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for i in 0..3 {
+        let t = std::time::Instant::now();
+        cluster.restart(i).await;
+        eprintln!("node {i} restarted in {:?}", t.elapsed());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut interrupted = 0;
+    for (n, u) in names.iter().zip(uploads) {
+        let out = tokio::time::timeout(Duration::from_secs(120), u.wait_with_output())
+            .await
+            .expect("put finished")
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{n}: {log}");
+        interrupted += usize::from(log.contains("reconnecting"));
+    }
+    // Every node went down once, so (nearly) every camera lost its connection at least once.
+    eprintln!("{interrupted} of {CAMERAS} cameras reconnected during the rolling restart");
+    assert!(
+        interrupted >= CAMERAS * 9 / 10,
+        "{interrupted} cameras interrupted"
+    );
+    // Every camera: all 30 clusters stored once, in fragment-number order, read through
+    // any node.
+    let want: Vec<i64> = (0..30).map(|i| 1_795_600_000_000 + i * 1000).collect();
+    let mut disagree = 0;
+    for (i, n) in names.iter().enumerate() {
+        let got: Vec<i64> = fragments_of(&urls[(i + 1) % 3], n)
+            .await
+            .iter()
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(got, want, "{n}: every cluster stored once, in order");
+        disagree +=
+            usize::from(data_endpoint_of(&urls[0], n).await != data_endpoint_of(&urls[1], n).await);
+    }
+    assert_eq!(disagree, 0, "the nodes disagree on an owner");
     cluster.stop().await;
 }

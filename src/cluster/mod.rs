@@ -69,6 +69,9 @@ pub trait Coordinator: Send + Sync + std::fmt::Debug {
     /// Takes over every node whose lease expired (epoch raised, state `dead`, its
     /// streams released), waiting for their fenced commits in flight; returns their ids.
     async fn take_over_expired(&self, fence: &Fence) -> IndexResult<Vec<String>>;
+    /// Takes or extends the singleton lease `name` (`retention`, `gc`) for `ttl` when it
+    /// is free, expired, or already `fence`'s; `true` while `fence`'s node holds it.
+    async fn hold_singleton(&self, fence: &Fence, name: &str, ttl: Duration) -> IndexResult<bool>;
 }
 
 /// Who ingests a stream, as a PutMedia on this node finds it.
@@ -319,6 +322,25 @@ impl Membership {
             }
             Err(IndexError::Fenced(m)) => self.lost(l.epoch, &m),
             Err(e) => tracing::warn!(node = %self.node_id, error = %e, "takeover scan failed"),
+        }
+    }
+
+    /// Whether this node may run the singleton task `name` now (C5): it holds the
+    /// singleton lease, taken or extended for `ttl` (at least one lease TTL). Background
+    /// retention and garbage sweeps run on one node at a time; their transactions are
+    /// safe to repeat, so this spares work rather than guarding correctness.
+    pub async fn singleton(&self, name: &str, ttl: Duration) -> bool {
+        let Some(l) = self.lease() else { return false };
+        match self
+            .coord
+            .hold_singleton(&self.fence(l.epoch), name, ttl.max(self.settings.lease_ttl))
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(node = %self.node_id, singleton = name, error = %e, "singleton lease not taken");
+                false
+            }
         }
     }
 

@@ -265,6 +265,29 @@ impl Coordinator for PostgresIndex {
             .map_err(db_err)
     }
 
+    async fn hold_singleton(&self, fence: &Fence, name: &str, ttl: Duration) -> IndexResult<bool> {
+        transaction!(self.pool, |c| {
+            check_lease(c, fence).await?;
+            let held: Option<i32> = sqlx::query_scalar(
+                "INSERT INTO cluster_singletons (name, node_id, epoch, expires_at) \
+                 VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') \
+                 ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, \
+                 epoch = excluded.epoch, expires_at = excluded.expires_at \
+                 WHERE cluster_singletons.expires_at <= now() \
+                 OR (cluster_singletons.node_id = excluded.node_id \
+                     AND cluster_singletons.epoch = excluded.epoch) \
+                 RETURNING 1",
+            )
+            .bind(name)
+            .bind(&fence.node_id)
+            .bind(fence.epoch)
+            .bind(ttl_ms(ttl))
+            .fetch_optional(&mut *c)
+            .await?;
+            Ok(held.is_some())
+        })
+    }
+
     async fn take_over_expired(&self, fence: &Fence) -> IndexResult<Vec<String>> {
         transaction!(self.pool, |c| {
             check_lease(c, fence).await?;

@@ -319,3 +319,48 @@ async fn a_paused_member_fences_itself_and_a_live_one_takes_its_streams() {
     );
     assert!(coord.stream_owner(A).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singleton_runs_on_one_node_and_moves_when_its_holder_stops() {
+    let Some((_db, idx)) = setup("singletons").await else {
+        return;
+    };
+    let a = idx
+        .join("node-a", "http://a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let b = idx
+        .join("node-b", "http://b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (fa, fb) = (fence("node-a", a), fence("node-b", b));
+    let ttl = Duration::from_millis(800);
+    assert!(idx.hold_singleton(&fa, "retention", ttl).await.unwrap());
+    assert!(
+        !idx.hold_singleton(&fb, "retention", ttl).await.unwrap(),
+        "two holders"
+    );
+    // Another singleton is independent; the holder extends its own.
+    assert!(idx.hold_singleton(&fb, "gc", ttl).await.unwrap());
+    assert!(idx.hold_singleton(&fa, "retention", ttl).await.unwrap());
+    // The holder stops extending it: after its TTL the other node takes it, and the old
+    // holder (same node, same epoch) no longer holds it.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert!(idx.hold_singleton(&fb, "retention", ttl).await.unwrap());
+    assert!(!idx.hold_singleton(&fa, "retention", ttl).await.unwrap());
+    // A node that lost its lease cannot hold one, even an expired one.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let a2 = idx
+        .join("node-a", "http://a", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(
+        idx.hold_singleton(&fa, "retention", ttl).await,
+        Err(IndexError::Fenced(_))
+    ));
+    assert!(
+        idx.hold_singleton(&fence("node-a", a2), "retention", ttl)
+            .await
+            .unwrap()
+    );
+}

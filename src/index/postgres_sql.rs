@@ -103,6 +103,15 @@ CREATE TABLE stream_owners (
 );
 CREATE INDEX stream_owners_by_node ON stream_owners (node_id);
 "#,
+    r#"
+-- 3: singleton leases (retention, gc): one node runs each at a time.
+CREATE TABLE cluster_singletons (
+    name       TEXT COLLATE "C" PRIMARY KEY,
+    node_id    TEXT COLLATE "C" NOT NULL,
+    epoch      BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
 
 /// The migration bookkeeping table; created (if missing) under the migration lock.
