@@ -731,3 +731,24 @@ async fn a_rolling_restart_of_three_nodes_under_100_cameras_loses_nothing() {
     assert_eq!(disagree, 0, "the nodes disagree on an owner");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_objects_cannot_be_overwritten_on_the_s3_server() {
+    let Some((_, s3)) = services() else {
+        return;
+    };
+    let bucket = format!("sv-create-{}", std::process::id());
+    common::test_bucket(&s3, &bucket).await;
+    let mut settings = streamvault::config::Settings::default();
+    settings.store.backend = streamvault::config::StoreBackend::S3;
+    settings.store.s3.bucket = bucket;
+    settings.store.s3.endpoint = Some(s3);
+    settings.store.s3.allow_http = true;
+    settings.store.s3.access_key_id = Some("test".into());
+    settings.store.s3.secret_access_key = Some("test".into());
+    let objects = streamvault::store::object_store_from_settings(&settings).unwrap();
+    // The CI server refuses a second create of one key (If-None-Match: *), so the
+    // segment writer uses it: no two writers (a fenced-off node and its successor) can
+    // ever replace each other's segment objects.
+    assert!(streamvault::store::segment::probe_conditional_create(objects.as_ref()).await);
+}

@@ -146,8 +146,37 @@ fn write_direct(
 
 #[derive(Debug)]
 enum Backend {
-    Local { root: PathBuf },
-    Objects { objects: Arc<dyn ObjectStore> },
+    Local {
+        root: PathBuf,
+    },
+    Objects {
+        objects: Arc<dyn ObjectStore>,
+        /// Whether the store refuses to overwrite an object on a conditional create
+        /// (`If-None-Match: *`); probed before the first segment write.
+        create_only: Option<bool>,
+    },
+}
+
+/// Probes whether `objects` honours conditional creation: a second create of one key
+/// must fail with "already exists". A store that overwrites (ignores the header) or
+/// refuses the request gets plain PUTs.
+pub async fn probe_conditional_create(objects: &dyn ObjectStore) -> bool {
+    let key = object_store::path::Path::from(format!("probes/create-{:016x}", nonce()));
+    let create = || object_store::PutOptions::from(object_store::PutMode::Create);
+    let first = objects
+        .put_opts(&key, Bytes::from_static(b"1").into(), create())
+        .await;
+    let supported = match first {
+        Ok(_) => matches!(
+            objects
+                .put_opts(&key, Bytes::from_static(b"2").into(), create())
+                .await,
+            Err(object_store::Error::AlreadyExists { .. })
+        ),
+        Err(_) => false,
+    };
+    let _ = objects.delete(&key).await;
+    supported
 }
 
 /// Limits of an open local segment.
@@ -214,7 +243,10 @@ impl SegmentWriter {
     /// One immutable object per batch.
     pub fn objects(objects: Arc<dyn ObjectStore>, faults: Option<Arc<Faults>>) -> Self {
         Self {
-            backend: Backend::Objects { objects },
+            backend: Backend::Objects {
+                objects,
+                create_only: None,
+            },
             open: HashMap::new(),
             limits: Limits {
                 max_bytes: 0,
@@ -242,8 +274,11 @@ impl SegmentWriter {
     ) -> Result<Written, WriteFailed> {
         let mut offsets = Vec::with_capacity(blobs.len());
         let mut end = 0u64;
-        match &self.backend {
-            Backend::Objects { objects } => {
+        match &mut self.backend {
+            Backend::Objects {
+                objects,
+                create_only,
+            } => {
                 for b in &blobs {
                     offsets.push(end);
                     end += b.len() as u64;
@@ -253,8 +288,31 @@ impl SegmentWriter {
                     closed: None,
                     error,
                 };
+                // Every segment object is new: where the store can refuse an overwrite,
+                // it must (a second fence besides the index's: no two writers ever share
+                // an object, `docs/design/cluster.md`).
+                let create = match *create_only {
+                    Some(c) => c,
+                    None => {
+                        let c = probe_conditional_create(objects.as_ref()).await;
+                        if c {
+                            tracing::info!("segment objects are written with If-None-Match: *");
+                        } else {
+                            tracing::warn!(
+                                "the object store does not refuse overwrites (If-None-Match): segment objects are plain PUTs"
+                            );
+                        }
+                        *create_only = Some(c);
+                        c
+                    }
+                };
+                let opts = if create {
+                    object_store::PutOptions::from(object_store::PutMode::Create)
+                } else {
+                    object_store::PutOptions::default()
+                };
                 objects
-                    .put(&key, PutPayload::from_iter(blobs))
+                    .put_opts(&key, PutPayload::from_iter(blobs), opts)
                     .await
                     .map_err(|e| fail(e.into()))?;
                 Ok(Written {
@@ -496,6 +554,46 @@ pub async fn truncate_tail(root: &FsPath, key: &str, durable_end: u64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn object_segments_are_created_never_overwritten_where_the_store_can_refuse() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        assert!(probe_conditional_create(store.as_ref()).await);
+        // The probe leaves nothing behind.
+        assert!(
+            store
+                .list_with_delimiter(None)
+                .await
+                .unwrap()
+                .objects
+                .is_empty()
+        );
+        let mut w = SegmentWriter::objects(store.clone(), None);
+        let written = w
+            .write("r1d", 1_700_000_000_000, vec![Bytes::from_static(b"abc")])
+            .await
+            .unwrap();
+        assert!(written.sealed);
+        // What the writer relies on: a second create of that key is refused.
+        let again = store
+            .put_opts(
+                &written.key.as_str().into(),
+                Bytes::from_static(b"zzz").into(),
+                object_store::PutMode::Create.into(),
+            )
+            .await;
+        assert!(
+            matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+            "{again:?}"
+        );
+        assert!(matches!(
+            w.backend,
+            Backend::Objects {
+                create_only: Some(true),
+                ..
+            }
+        ));
+    }
 
     fn blobs() -> Vec<Bytes> {
         // Odd sizes, one larger than the staging buffer (it is written in several pieces).
