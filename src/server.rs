@@ -240,7 +240,8 @@ impl Server {
             self.segment_faults.clone(),
             cluster.clone(),
             commit_stop.clone(),
-        );
+        )
+        .await;
         ingest.set_committer(committer);
         crate::images::generation::Generator {
             catalog: self.catalog.clone(),

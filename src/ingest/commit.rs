@@ -63,8 +63,9 @@ struct Task {
 }
 
 impl Committer {
-    /// Starts the committer. Call after [`recover_open_segments`].
-    pub fn spawn(
+    /// Starts the committer (after probing the object store, see
+    /// [`segment::SegmentWriter::prepare`]). Call after [`recover_open_segments`].
+    pub async fn spawn(
         store: FragmentStore,
         index: Arc<dyn Index>,
         clock: SharedClock,
@@ -78,7 +79,8 @@ impl Committer {
             max_age_ms: settings.segment_max_age.as_millis() as i64,
             direct_io: settings.direct_io,
         };
-        let writer = store.segment_writer(limits, faults.clone());
+        let mut writer = store.segment_writer(limits, faults.clone());
+        writer.prepare().await;
         let task = Task {
             store,
             index,

@@ -259,6 +259,26 @@ impl SegmentWriter {
         }
     }
 
+    /// Before the first write (the committer's start): probes the object store for
+    /// conditional creation, so that the probe's requests never mix with a batch's.
+    pub async fn prepare(&mut self) {
+        if let Backend::Objects {
+            objects,
+            create_only: create_only @ None,
+        } = &mut self.backend
+        {
+            let c = probe_conditional_create(objects.as_ref()).await;
+            if c {
+                tracing::info!("segment objects are written with If-None-Match: *");
+            } else {
+                tracing::warn!(
+                    "the object store does not refuse overwrites (If-None-Match): segment objects are plain PUTs"
+                );
+            }
+            *create_only = Some(c);
+        }
+    }
+
     /// Whether this writer appends to local files (one `fdatasync` per batch).
     pub fn is_local(&self) -> bool {
         matches!(self.backend, Backend::Local { .. })
@@ -290,22 +310,8 @@ impl SegmentWriter {
                 };
                 // Every segment object is new: where the store can refuse an overwrite,
                 // it must (a second fence besides the index's: no two writers ever share
-                // an object, `docs/design/cluster.md`).
-                let create = match *create_only {
-                    Some(c) => c,
-                    None => {
-                        let c = probe_conditional_create(objects.as_ref()).await;
-                        if c {
-                            tracing::info!("segment objects are written with If-None-Match: *");
-                        } else {
-                            tracing::warn!(
-                                "the object store does not refuse overwrites (If-None-Match): segment objects are plain PUTs"
-                            );
-                        }
-                        *create_only = Some(c);
-                        c
-                    }
-                };
+                // an object, `docs/design/cluster.md`). Unprobed (no `prepare`): plain.
+                let create = create_only.unwrap_or(false);
                 let opts = if create {
                     object_store::PutOptions::from(object_store::PutMode::Create)
                 } else {
@@ -569,6 +575,7 @@ mod tests {
                 .is_empty()
         );
         let mut w = SegmentWriter::objects(store.clone(), None);
+        w.prepare().await;
         let written = w
             .write("r1d", 1_700_000_000_000, vec![Bytes::from_static(b"abc")])
             .await
