@@ -1,4 +1,4 @@
-//! Cluster nodes (`docs/design/cluster.md`): two `streamvault serve` processes on one
+//! Cluster nodes (`docs/design/cluster.md`): three `streamvault serve` processes on one
 //! PostgreSQL database and one S3-compatible bucket. GetDataEndpoint sends a stream's
 //! producer to one owner and the other node refuses to ingest it; when the owner is
 //! `kill -9`ed, or paused (SIGSTOP) past its lease and then continued, mid-upload, the
@@ -45,7 +45,7 @@ fn services() -> Option<(String, String)> {
     }
 }
 
-/// Two nodes on a database and a bucket of their own.
+/// Cluster nodes on a database and a bucket of their own.
 struct Cluster {
     pg_server: String,
     db_url: String,
@@ -164,7 +164,7 @@ impl Cluster {
             .iter()
             .position(|u| *u == owner_url)
             .expect("a node's URL");
-        let other = 1 - owner;
+        let other = (owner + 1) % self.urls.len();
         // Any node answers the archive APIs itself.
         assert_eq!(
             data_endpoint(&self.urls[other], "LIST_FRAGMENTS").await,
@@ -173,15 +173,25 @@ impl Cluster {
         (owner, other)
     }
 
-    /// Waits (10 s at most from `since`) until `node` answers for the camera; returns when.
-    async fn failover_to(&self, node: usize, since: std::time::Instant) -> Duration {
+    /// Waits (10 s at most from `since`) until the live nodes other than `gone` agree
+    /// that one of them ingests the camera; returns when, and which.
+    async fn failover_from(&self, gone: usize, since: std::time::Instant) -> (Duration, usize) {
+        let live: Vec<usize> = (0..self.urls.len()).filter(|&i| i != gone).collect();
         loop {
-            if data_endpoint(&self.urls[node], "PUT_MEDIA").await == self.urls[node] {
-                return since.elapsed();
+            let mut answers = Vec::new();
+            for &i in &live {
+                answers.push(data_endpoint(&self.urls[i], "PUT_MEDIA").await);
+            }
+            if answers
+                .iter()
+                .all(|a| *a == answers[0] && *a != self.urls[gone])
+            {
+                let to = self.urls.iter().position(|u| *u == answers[0]).unwrap();
+                return (since.elapsed(), to);
             }
             assert!(
                 since.elapsed() < Duration::from_secs(10),
-                "no failover within 10 s"
+                "no failover within 10 s: {answers:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -421,8 +431,19 @@ async fn stored_once_in_order(node: &str, before: &[(Number, i64)]) {
     for f in before {
         assert!(after.contains(f), "{f:?} was lost: {after:?}");
     }
-    let numbers: Vec<String> = after.iter().map(|(n, _)| format!("\"{}\"", n.0)).collect();
-    let (s, body) = call(
+    let body = read_back(node).await;
+    assert!(body.len() > 100_000, "{} bytes", body.len());
+}
+
+/// The camera's whole stream as GetMediaForFragmentList answers it through `node`.
+async fn read_back(node: &str) -> bytes::Bytes {
+    let numbers: Vec<String> = list_fragments(node)
+        .await
+        .iter()
+        .map(|(n, _)| format!("\"{}\"", n.0))
+        .collect();
+    let (s, body) = common::process::signed_call_bytes(
+        &reqwest::Client::new(),
         node,
         "getMediaForFragmentList",
         &format!(
@@ -432,7 +453,7 @@ async fn stored_once_in_order(node: &str, before: &[(Number, i64)]) {
     )
     .await;
     assert_eq!(s, 200);
-    assert!(body.len() > 100_000, "{} bytes", body.len());
+    body
 }
 
 /// A node's `/metrics` page.
@@ -461,18 +482,17 @@ async fn finished(upload: tokio::process::Child) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
-    let Some(mut cluster) = Cluster::start("kill", 2).await else {
+    let Some(mut cluster) = Cluster::start("kill", 3).await else {
         return;
     };
     let (owner, other) = cluster.camera().await;
     let urls = cluster.urls.clone();
+    let third = 3 - owner - other;
 
-    // The producer asks the non-owner (its control endpoint) and is sent to the owner.
+    // The producer asks a non-owner (its control endpoint) and is sent to the owner.
     let upload = spawn_put(&urls[other], &[]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-
     // kill -9 the owner 4.5 s into the 10 s camera.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let mut dead = cluster.nodes[owner].take().unwrap();
     dead.start_kill().unwrap();
     dead.wait().await.unwrap();
@@ -480,19 +500,36 @@ async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
     let before = list_fragments(&urls[other]).await;
     assert!(
         !before.is_empty(),
-        "fragments PERSISTED by the dead owner are served by the survivor"
+        "fragments PERSISTED by the dead owner are served by the survivors"
     );
-    let failover = cluster.failover_to(other, killed).await;
-    eprintln!("failover: the survivor answered for the stream {failover:?} after the kill");
+    // Within 10 s a survivor answers for the stream (both survivors agree which).
+    let (failover, to) = cluster.failover_from(owner, killed).await;
+    eprintln!("failover: node {to} answered for the stream {failover:?} after the kill");
 
     finished(upload).await;
+    // Every cluster once, in order, through each survivor; and the frames read back
+    // through a survivor are the camera's own, bit for bit.
     stored_once_in_order(&urls[other], &before).await;
+    stored_once_in_order(&urls[third], &before).await;
+    if common::have_tool("ffmpeg") {
+        let mkv = read_back(&urls[third]).await;
+        let stored = cluster.tmp.path().join("stored.mkv");
+        std::fs::write(&stored, &mkv).unwrap();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("media-samples/h264_720p_gop1s.mkv");
+        let want = common::framemd5(source.to_str().unwrap());
+        assert_eq!(want.len(), 300);
+        assert!(
+            common::framemd5(stored.to_str().unwrap()) == want,
+            "the frames read back differ from the camera's"
+        );
+    }
     cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
-    let Some(cluster) = Cluster::start("pause", 2).await else {
+    let Some(cluster) = Cluster::start("pause", 3).await else {
         return;
     };
     let (owner, other) = cluster.camera().await;
@@ -504,7 +541,7 @@ async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
     // SAFETY: plain signals to a child process this test started.
     assert_eq!(unsafe { libc::kill(cluster.pid(owner), libc::SIGSTOP) }, 0);
     let paused = std::time::Instant::now();
-    let failover = cluster.failover_to(other, paused).await;
+    let (failover, _) = cluster.failover_from(owner, paused).await;
     eprintln!("failover: the other node answered for the stream {failover:?} after the pause");
     // Let the producer move and send more, then wake the old owner up.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -525,10 +562,12 @@ async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
         .find(|l| l.starts_with("streamvault_cluster_leases_lost_total"))
         .unwrap_or_else(|| panic!("no lease loss counted: {metrics}"));
     assert!(!lost.ends_with(" 0"), "{lost}");
-    assert_eq!(
-        data_endpoint(&urls[owner], "PUT_MEDIA").await,
-        data_endpoint(&urls[other], "PUT_MEDIA").await
-    );
+    let answers = [
+        data_endpoint(&urls[0], "PUT_MEDIA").await,
+        data_endpoint(&urls[1], "PUT_MEDIA").await,
+        data_endpoint(&urls[2], "PUT_MEDIA").await,
+    ];
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
     // Nothing it did after waking changed the stream.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stored_once_in_order(&urls[other], &before).await;
@@ -537,7 +576,7 @@ async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_does_not_own_the_stream_forwards_uploads_and_live_reads() {
-    let Some(cluster) = Cluster::start("forward", 2).await else {
+    let Some(cluster) = Cluster::start("forward", 3).await else {
         return;
     };
     let (owner, other) = cluster.camera().await;

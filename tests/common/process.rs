@@ -49,6 +49,17 @@ pub async fn signed_call(
     op: &str,
     body: &str,
 ) -> (u16, String) {
+    let (s, b) = signed_call_bytes(client, endpoint, op, body).await;
+    (s, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// [`signed_call`] with the body's bytes as they came (media).
+pub async fn signed_call_bytes(
+    client: &reqwest::Client,
+    endpoint: &str,
+    op: &str,
+    body: &str,
+) -> (u16, bytes::Bytes) {
     let host = endpoint.split_once("://").unwrap().1.to_owned();
     let sig = sign_with(
         TEST_KEY,
@@ -66,5 +77,5 @@ pub async fn signed_call(
         req = req.header(k, v);
     }
     let r = req.body(body.to_owned()).send().await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    (r.status().as_u16(), r.bytes().await.unwrap())
 }

@@ -62,27 +62,6 @@ fn ffmpeg(inputs: &str, codec: &str) -> Option<Vec<u8>> {
     ))
 }
 
-/// ffmpeg's `framemd5` of the first video stream of `input` (file or URL): one hash per
-/// decoded frame, in output order (timestamps are not compared: they move to the
-/// producer clock).
-fn framemd5(input: &str) -> Vec<String> {
-    let o = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i", input])
-        .args("-map 0:v:0 -fps_mode passthrough -f framemd5 -".split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "framemd5 of {input}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
-        .collect()
-}
-
 async fn framemd5_of_url(url: String) -> Vec<String> {
     tokio::task::spawn_blocking(move || framemd5(&url))
         .await
