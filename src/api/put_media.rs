@@ -5,7 +5,6 @@
 //! runs on the server's session tracker (graceful shutdown waits for it), and its end is
 //! logged once: fragments, bytes, duration, errors and why it ended.
 
-use crate::cluster::{Ownership, forward};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
@@ -22,6 +21,7 @@ use super::AppState;
 use super::auth::PUT_MEDIA_BOUND;
 use crate::auth::Access;
 use crate::auth::access::Method;
+use crate::cluster::{Ownership, forward};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragmenter::TimecodeMode;
 use crate::ingest::ack::{AckSender, AckTally};
