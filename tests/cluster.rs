@@ -19,7 +19,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{BIN, free_port, signed_call, wait_listening};
+use common::process::{BIN, free_port, resumed_put, signed_call, wait_listening};
 use common::{TEST_KEY, sign_with};
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -466,20 +466,6 @@ async fn metrics_of(node: &str) -> String {
         .unwrap()
 }
 
-async fn finished(upload: tokio::process::Child) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(90), upload.wait_with_output())
-        .await
-        .expect("put finished")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
-    assert!(
-        log.contains("reconnecting"),
-        "the upload must have been interrupted: {log}"
-    );
-    log
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
     let Some(mut cluster) = Cluster::start("kill", 3).await else {
@@ -506,7 +492,7 @@ async fn the_owner_killed_mid_upload_its_camera_moves_and_is_stored_once() {
     let (failover, to) = cluster.failover_from(owner, killed).await;
     eprintln!("failover: node {to} answered for the stream {failover:?} after the kill");
 
-    finished(upload).await;
+    resumed_put(upload).await;
     // Every cluster once, in order, through each survivor; and the frames read back
     // through a survivor are the camera's own, bit for bit.
     stored_once_in_order(&urls[other], &before).await;
@@ -547,7 +533,7 @@ async fn an_owner_paused_past_its_lease_commits_nothing_after_it_continues() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(unsafe { libc::kill(cluster.pid(owner), libc::SIGCONT) }, 0);
 
-    let log = finished(upload).await;
+    let log = resumed_put(upload).await;
     assert!(
         log.contains("stale"),
         "put noticed the silent connection: {log}"

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{BIN, free_port, signed_call, wait_listening};
+use common::process::{BIN, free_port, resumed_put, signed_call, wait_listening};
 use common::*;
 
 /// Starts `streamvault serve` (with TLS when `tls` names a certificate and key) and
@@ -154,16 +154,7 @@ async fn crash_and_restart(
 
 /// Waits for an interrupted `put` to succeed, then stops the server; returns put's log.
 async fn finish(put: tokio::process::Child, mut server: tokio::process::Child) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(90), put.wait_with_output())
-        .await
-        .expect("put finished")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
-    assert!(
-        log.contains("reconnecting"),
-        "the upload must have been interrupted and resumed: {log}"
-    );
+    let log = resumed_put(put).await;
     server.start_kill().unwrap();
     server.wait().await.unwrap();
     log

@@ -1,11 +1,12 @@
-//! The SQLite index's fragment and stream statements as constant SQL text, and the row
-//! decoders and paged query runner they share. Every statement here is a fixed string run
-//! through rusqlite's per-connection statement cache (`prepare_cached`), so the ingest and
-//! list paths parse no SQL after their first call. Paged fragment reads carry no
-//! `LIMIT ?N` parameter: the bundled SQLite marks a bound LIMIT as plan-relevant and
-//! re-prepares the statement on the first step after every new binding, so the caller
-//! stops stepping after `limit` rows instead (each such query walks an index in its
-//! `ORDER BY` order, so it reads no further than that; `sqlite_tests.rs` checks the plans).
+//! The SQLite index's schema (numbered migrations) and its fragment and stream statements
+//! as constant SQL text, with the row decoders and paged query runner they share. Every
+//! statement here is a fixed string run through rusqlite's per-connection statement cache
+//! (`prepare_cached`), so the ingest and list paths parse no SQL after their first call.
+//! Paged fragment reads carry no `LIMIT ?N` parameter: the bundled SQLite marks a bound
+//! LIMIT as plan-relevant and re-prepares the statement on the first step after every new
+//! binding, so the caller stops stepping after `limit` rows instead (each such query walks
+//! an index in its `ORDER BY` order, so it reads no further than that; `sqlite_tests.rs`
+//! checks the plans).
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,89 @@ macro_rules! visible {
 }
 
 /// The columns [`stream_from_row`] decodes, in order.
+/// Migrations, in order; `user_version` counts how many ran.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE streams (
+    stream_id       TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    device_name     TEXT,
+    media_type      TEXT,
+    kms_key_id      TEXT NOT NULL,
+    version         TEXT NOT NULL,
+    creation_ms     INTEGER NOT NULL,
+    retention_hours INTEGER NOT NULL,
+    wrapped_key     BLOB NOT NULL,
+    seq_reserved    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE stream_tags (
+    stream_id TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    tag_key   TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (stream_id, tag_key)
+);
+CREATE TABLE sessions (
+    stream_id     TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    session_id    INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    header_sealed BLOB NOT NULL,
+    PRIMARY KEY (stream_id, session_id)
+);
+CREATE TABLE fragments (
+    stream_id         TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    seq               INTEGER NOT NULL,
+    session_id        INTEGER NOT NULL,
+    producer_ts_ms    INTEGER NOT NULL,
+    server_ts_ms      INTEGER NOT NULL,
+    duration_ms       INTEGER NOT NULL,
+    producer_timecode INTEGER NOT NULL,
+    size              INTEGER NOT NULL,
+    object_key        TEXT NOT NULL,
+    object_size       INTEGER NOT NULL,
+    content_hash      TEXT NOT NULL,
+    metadata          TEXT NOT NULL,
+    PRIMARY KEY (stream_id, seq)
+);
+CREATE INDEX fragments_by_server ON fragments (stream_id, server_ts_ms, seq);
+CREATE INDEX fragments_by_producer ON fragments (stream_id, producer_ts_ms, seq);
+CREATE TABLE garbage (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_id  TEXT NOT NULL,
+    object_key TEXT,
+    created_ms INTEGER NOT NULL
+);
+"#,
+    // 2: idempotent re-upload looks fragments up by content; retention drops sessions
+    // no fragment uses.
+    r#"
+CREATE INDEX fragments_by_content ON fragments (stream_id, producer_ts_ms, content_hash);
+CREATE INDEX fragments_by_session ON fragments (stream_id, session_id);
+"#,
+    // 3: per-stream configuration documents (image generation), deleted with the stream.
+    r#"
+CREATE TABLE stream_configs (
+    stream_id TEXT NOT NULL REFERENCES streams(stream_id) ON DELETE CASCADE,
+    kind      TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    PRIMARY KEY (stream_id, kind)
+);
+"#,
+    // 4: shared segments (issue 14). A row with an offset names a sealed blob inside the
+    // segment `object_key`; older rows (offset NULL) keep naming one object each and stay
+    // readable as they are.
+    r#"
+ALTER TABLE fragments ADD COLUMN object_offset INTEGER;
+CREATE INDEX fragments_by_object ON fragments (object_key);
+CREATE TABLE segments (
+    object_key  TEXT PRIMARY KEY,
+    class       TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    durable_end INTEGER NOT NULL,
+    sealed      INTEGER NOT NULL
+);
+"#,
+];
+
 pub(super) const STREAM_COLS: &str = stream_cols!();
 
 pub(super) const STREAM_BY_NAME: &str =

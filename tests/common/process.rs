@@ -42,6 +42,22 @@ pub async fn wait_listening(child: &mut tokio::process::Child, scheme: &str) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
+/// Waits (90 s at most) for a `streamvault put` whose connection was broken on purpose:
+/// it must succeed after reconnecting. Returns its log (standard error).
+pub async fn resumed_put(put: tokio::process::Child) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(90), put.wait_with_output())
+        .await
+        .expect("put finished")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("reconnecting"),
+        "the upload must have been interrupted and resumed: {log}"
+    );
+    log
+}
+
 /// Signs (with [`TEST_KEY`]) and sends one KVS JSON call; returns the status and body.
 pub async fn signed_call(
     client: &reqwest::Client,
